@@ -1,0 +1,29 @@
+# Two commands for a fresh machine (Python >= 3.10 with pip and venv; no GPU needed):
+#   make demo   install into .venv and run the main job on the embedded default
+#   make test   install into .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test install bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m idinvert_jax.demo --output $(DEMO_OUT)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+bench: $(VENV)/.installed
+	$(PY) bench/run_all.py --quick
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,65 @@
+"""Atomic file output: every file is written to a temporary name in its folder, then renamed into place.
+
+A killed job therefore never leaves a half-written output behind; resumable jobs can trust any file they find.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+  """Writes `data` to `path` atomically (temp file in the same folder + os.replace)."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+  return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+  return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+  buf = io.BytesIO()
+  np.save(buf, np.asarray(array), allow_pickle=False)
+  return atomic_write_bytes(path, buf.getvalue())
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  """[-1, 1] float image(s) -> uint8 in [0, 255], rounding as the official code does (x*127.5+127.5)."""
+  image = np.asarray(image, dtype=np.float32)
+  return np.clip(np.rint(image * 127.5 + 127.5), 0, 255).astype(np.uint8)
+
+
+def atomic_save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+  """Saves an HWC image; float input is taken as [-1, 1], uint8 as is."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    image = to_uint8(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG")
+  return atomic_write_bytes(path, buf.getvalue())
