@@ -1,0 +1,186 @@
+"""Training checkpoints: an Orbax CheckpointManager in WORKDIR/checkpoints, corrupt-step fallback, preemption.
+
+One checkpoint step holds three items:
+  state: the whole train state pytree (params, EMA, optimiser states, step, RNG key), restored with the
+         shardings of a freshly built state so it lands directly on the mesh;
+  data:  the data iterator's JSON state (get_state()/set_state()), so a resumed run sees the same batches;
+  meta:  JSON facts for humans (stage, step, images seen).
+Orbax writes each step to a temporary folder and renames it when complete, so a killed save leaves nothing that
+looks finished; a step that still fails to restore (truncated or deleted files) is moved to
+WORKDIR/checkpoints_corrupt/ with a warning and the previous step is used instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+
+class CheckpointError(FileNotFoundError):
+  """No usable checkpoint where one was required."""
+
+
+class TrainCheckpointer:
+  """Saves and restores the train state + data-iterator state of one stage in `directory`."""
+
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(os.fspath(directory))
+    self.corrupt_directory = self.directory + "_corrupt"
+    self._max_to_keep = max_to_keep
+    self._async_save = async_save
+    self._manager = self._make_manager()
+
+  def _make_manager(self) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True,
+                                           enable_async_checkpointing=self._async_save)
+    return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "meta"))
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def save(self, step: int, state: Any, data_state: Any, meta: dict | None = None, *, force: bool = True) -> None:
+    """Writes `step` (asynchronously by default: call wait() before reading it back or exiting)."""
+    meta = dict(meta or {}, step=int(step), time=time.time())
+    self._manager.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(_jsonable(data_state)),
+        meta=ocp.args.JsonSave(meta)), force=force)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def restore_latest(self, target_state: Any) -> tuple[int, Any, Any] | None:
+    """Restores the newest step that reads back whole; returns (step, state, data_state) or None if none.
+
+    `target_state` is a pytree of arrays (or jax.ShapeDtypeStruct with .sharding) that fixes the structure,
+    dtypes and shardings of the restored state.
+    """
+    self.wait()
+    abstract = jax.tree.map(_abstract_like, target_state)
+    for step in reversed(self.all_steps()):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        state = restored["state"]
+        _check_finite_restore(state)
+        return step, state, restored["data"]
+      except Exception as e:  # pylint: disable=broad-except
+        # Any failure (missing file, truncated array, bad metadata) makes this step unusable.
+        logging.warning("checkpoint step %d in %s is corrupt or partial (%s: %s); falling back to the previous "
+                        "step", step, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        self._quarantine(step)
+    return None
+
+  def _quarantine(self, step: int) -> None:
+    """Moves a bad step out of the way so a later save of the same step number can succeed."""
+    if jax.process_index() == 0:
+      source = os.path.join(self.directory, str(step))
+      if os.path.exists(source):
+        os.makedirs(self.corrupt_directory, exist_ok=True)
+        target = os.path.join(self.corrupt_directory, f"{step}.{int(time.time() * 1000)}")
+        shutil.move(source, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"quarantine_{step}")
+    self._manager.close()
+    self._manager = self._make_manager()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _abstract_like(x: Any) -> Any:
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  x = np.asarray(x)
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+def _check_finite_restore(state: Any) -> None:
+  """A step whose floats are not all finite is treated as corrupt (it would fail at once anyway)."""
+  for leaf in jax.tree.leaves(state):
+    if jnp_is_float(leaf) and not bool(jax.device_get(_all_finite(leaf))):
+      raise ValueError("restored state contains NaN/Inf")
+
+
+def jnp_is_float(x: Any) -> bool:
+  return np.issubdtype(np.dtype(x.dtype), np.floating)
+
+
+@jax.jit
+def _all_finite(x):
+  return jax.numpy.all(jax.numpy.isfinite(x))
+
+
+def _jsonable(obj: Any) -> Any:
+  """numpy scalars/arrays inside the iterator state -> plain JSON types."""
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if isinstance(obj, np.generic):
+    return obj.item()
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  if isinstance(obj, bytes):
+    return obj.decode("latin-1")
+  return obj
+
+
+class PreemptionGuard:
+  """Turns SIGTERM/SIGINT into a flag the training loop polls: it saves, then exits cleanly.
+
+  A second signal restores the previous handler's behaviour (e.g. Ctrl-C twice kills at once). With several
+  processes the flag is agreed on collectively so every host saves the same step.
+  """
+
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    self._signals = signals
+    self._previous = {}
+    self._event = threading.Event()
+
+  def __enter__(self) -> "PreemptionGuard":
+    if threading.current_thread() is threading.main_thread():
+      for sig in self._signals:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous.clear()
+
+  def _handle(self, signum, frame) -> None:
+    if self._event.is_set():
+      previous = self._previous.get(signum)
+      signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+      return
+    logging.warning("received signal %d: saving a checkpoint and stopping", signum)
+    self._event.set()
+
+  def request(self) -> None:
+    """Asks for a stop as a signal would (tests, and callers that detect preemption otherwise)."""
+    self._event.set()
+
+  def should_stop(self) -> bool:
+    local = self._event.is_set()
+    if jax.process_count() == 1:
+      return local
+    flags = multihost_utils.process_allgather(np.asarray(int(local), np.int32))
+    return bool(np.max(flags))
