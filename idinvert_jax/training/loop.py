@@ -1,0 +1,160 @@
+"""The step loop both stages share: resume, train, log, sample, checkpoint + export, NaN stop, preemption.
+
+A stage supplies a `Stage` (how to build its state, its jitted step, what to export and what to draw); this loop
+does everything that does not depend on the model. Resuming is exact: the state holds the step and the base
+RNG key (each step folds the step number into it) and the data iterator's state is stored with every checkpoint,
+so training 2N steps equals training N, stopping, and resuming for N more.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from idinvert_jax.training import checkpointing
+from idinvert_jax.training import logging as train_logging
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss became NaN/Inf; the run stopped without saving the bad state."""
+
+
+@dataclasses.dataclass
+class Stage:
+  """What a training stage gives the loop.
+
+  name: 'gan' or 'encoder' (checkpoint sub-folder, log tag).
+  init_state: () -> sharded train state pytree (a dict with at least 'step').
+  train_step: (state, images) -> (state, metrics dict of scalars); jitted with shardings.
+  export_variables: state -> {model name: variables} for checkpoint.save_models.
+  sample_rows: (state, images) -> rows of [-1, 1] HWC images for the PNG grid (or None).
+  """
+  name: str
+  init_state: Callable[[], Any]
+  train_step: Callable[[Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
+  export_variables: Callable[[Any], dict[str, Any]]
+  sample_rows: Callable[[Any, jax.Array], list] | None = None
+  sample_row_labels: tuple[str, ...] | None = None
+
+
+@dataclasses.dataclass
+class RunResult:
+  state: Any
+  step: int            # steps completed (== the state's step)
+  start_step: int      # step this run resumed from (0 for a fresh start)
+  preempted: bool      # stopped early by SIGTERM/SIGINT after saving
+  metrics: dict        # last step's metrics
+
+
+def run(stage: Stage, *, config: Any, workdir: str, data_iterator: Iterator[jax.Array], num_steps: int,
+        batch_size: int, checkpoint_every: int, keep_checkpoints: int = 3, log_every: int = 10,
+        sample_every: int = 0, show_progress: bool = True) -> RunResult:
+  """Trains `stage` up to `num_steps` in `workdir`, resuming from its latest good checkpoint."""
+  workdir = os.path.abspath(workdir)
+  checkpointer = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints", stage.name),
+                                                 max_to_keep=keep_checkpoints)
+  state = stage.init_state()
+  restored = checkpointer.restore_latest(state)
+  start_step = 0
+  if restored is not None:
+    start_step, state, data_state = restored
+    if data_state is not None and hasattr(data_iterator, "set_state"):
+      data_iterator.set_state(data_state)
+    logging.info("resumed %s training from step %d in %s", stage.name, start_step, checkpointer.directory)
+  if int(jax.device_get(state["step"])) != start_step:
+    raise RuntimeError(f"checkpoint step {start_step} holds state step {int(state['step'])}; the checkpoint folder "
+                       f"{checkpointer.directory} is inconsistent, move it away to restart")
+
+  logger = train_logging.TrainLogger(workdir, total_steps=num_steps, start_step=start_step, batch_size=batch_size,
+                                     stage=stage.name, show_progress=show_progress)
+  last_saved = start_step if restored is not None else None
+  metrics: dict = {}
+  step = start_step
+  preempted = False
+
+  def save(at_step: int) -> None:
+    data_state = data_iterator.get_state() if hasattr(data_iterator, "get_state") else None
+    checkpointer.save(at_step, state, data_state, {"stage": stage.name, "kimg": at_step * batch_size / 1000})
+    export_models(workdir, config, stage.export_variables(state), at_step)
+
+  try:
+    with checkpointing.PreemptionGuard() as guard:
+      while step < num_steps:
+        images = next(data_iterator)
+        state, step_metrics = stage.train_step(state, images)
+        # Fetching the scalars syncs once per step; it is what lets a NaN stop the run before it is saved.
+        metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        step += 1
+        bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+        if bad:
+          raise NonFiniteLossError(
+              f"{stage.name} training: {', '.join(f'{k}={metrics[k]}' for k in bad)} at step {step}; stopped. "
+              f"Last good checkpoint: step {last_saved} in {checkpointer.directory} (lower the learning rate "
+              "or check the data)")
+        logger.step_done(step, metrics)
+        if step % log_every == 0 or step == num_steps:
+          logger.write_metrics(step, metrics)
+        if sample_every and stage.sample_rows is not None and (step % sample_every == 0 or step == num_steps):
+          logger.save_grid(step, stage.sample_rows(state, images), row_labels=stage.sample_row_labels)
+        stop = guard.should_stop()
+        if step % checkpoint_every == 0 or step == num_steps or stop:
+          save(step)
+          last_saved = step
+        if stop:
+          preempted = True
+          logging.warning("stopped at step %d after saving (preemption)", step)
+          break
+  finally:
+    checkpointer.close()
+    logger.close()
+  return RunResult(state=state, step=step, start_step=start_step, preempted=preempted, metrics=metrics)
+
+
+def export_models(workdir: str, config: Any, variables: Mapping[str, Any], step: int) -> str:
+  """Writes WORKDIR/export in the project checkpoint format, swapping the folder in only once complete."""
+  from idinvert_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  host_variables = jax.tree.map(to_host, dict(variables))
+  final = os.path.join(workdir, "export")
+  staging = os.path.join(workdir, f".export-{step}")
+  if jax.process_index() == 0 and os.path.exists(staging):
+    shutil.rmtree(staging)
+  _sync(f"export_clean_{step}")
+  checkpoint.save_models(staging, config, host_variables)
+  _sync(f"export_written_{step}")
+  if jax.process_index() == 0:
+    old = os.path.join(workdir, f".export-old-{step}")
+    if os.path.exists(final):
+      os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+  _sync(f"export_done_{step}")
+  return final
+
+
+def to_host(x: Any) -> np.ndarray:
+  """A global jax.Array -> numpy on every process (replicated arrays are read locally, sharded ones gathered)."""
+  if not isinstance(x, jax.Array):
+    return np.asarray(x)
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  if x.sharding.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def step_rng(base_rng: jax.Array, step: jax.Array) -> jax.Array:
+  """The RNG key of one step: a pure function of the stored base key and the step (exact resume)."""
+  return jax.random.fold_in(base_rng, step)
+
+
