@@ -1,5 +1,11 @@
-"""Semantic editing with in-domain inverted codes: interpolation, manipulation, style mixing, diffusion."""
-from idinvert_jax.editing.boundaries import Boundary, load_boundary, save_boundary, train_boundary
-from idinvert_jax.editing.interpolate import interpolate, interpolate_all_pairs
-from idinvert_jax.editing.manipulate import conditional_direction, edit_distances, layerwise_direction, manipulate
-from idinvert_jax.editing.style_mix import default_mix_layer_start, mix_styles
+"""Semantic editing with in-domain inverted codes (paper Sec. 4.3).
+
+Modules (each function is named after what it does; module and function names overlap on purpose, so import
+the modules):
+  interpolate  linear interpolation between W+ codes
+  manipulate   moving codes along a boundary normal, conditional (orthogonalised) normals
+  boundaries   boundary files (official pickled .npy read safely, project .npz) and InterFaceGAN training
+  style_mix    copying fine layers of style codes into content codes
+  diffuse      semantic diffusion: paste a crop, re-invert with a masked objective
+  cli          the `edit.py` subcommands
+"""
