@@ -110,7 +110,7 @@ def param_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Sequence[s
 
   def sharding_for(path, leaf):
     name = "/".join(_key_name(k) for k in path)
-    shape = np.shape(leaf)
+    shape = tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
     for pattern, spec in compiled:
       if pattern.search(name) and _spec_fits(spec, shape, mesh):
         return NamedSharding(mesh, P(*spec))

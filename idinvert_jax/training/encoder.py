@@ -1,0 +1,255 @@
+"""Stage 2: the domain-guided encoder (paper Sec. 3.1; official training/loss_encoder.py + training_loop_encoder.py).
+
+The generator is frozen (EMA weights from stage 1 or a converted checkpoint); the encoder E learns
+  E: mean((G(E(x)) - x)^2) + lambda_vgg * mean((F(G(E(x))) - F(x))^2) + lambda_adv * mean(softplus(-D(G(E(x)))))
+against a discriminator D (initialised from stage 1's D) trained with
+  D: mean(softplus(D(G(E(x))))) + mean(softplus(-D(x))) + gamma/2 * R1(x),
+on real images only. As in the official loop, E is updated first and D then sees the updated encoder's output.
+Adam(0.9, 0.99) for both with lr 1e-4 decayed x0.8 every quarter of training.
+
+BatchNorm statistics are those of the GLOBAL batch: the encoder's training forward pass runs under shard_map over
+the `data` mesh axis with BN's axis_name set to it, so means/variances are pmean-ed across devices (and hosts),
+exactly what one device would compute on the whole batch. Everything else is plain jit + NamedSharding.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import PartitionSpec as P
+
+from idinvert_jax import checkpoint
+from idinvert_jax import losses
+from idinvert_jax.training import loop
+from idinvert_jax.training import mesh as mesh_lib
+
+
+def learning_rate_schedule(tcfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """lr * decay_rate ** floor(step / (num_steps * decay_every_fraction)) (official staircase decay)."""
+  every = max(1, int(round(num_steps * tcfg.lr_decay_every_fraction)))
+  return optax.exponential_decay(tcfg.learning_rate, transition_steps=every, decay_rate=tcfg.lr_decay_rate,
+                                 staircase=True)
+
+
+def make_optimizer(tcfg: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+  return optax.adam(learning_rate_schedule(tcfg, num_steps), b1=tcfg.adam_b1, b2=tcfg.adam_b2, eps=tcfg.adam_eps)
+
+
+def resolve_generator_source(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The checkpoint the frozen generator comes from: config.train.generator_checkpoint, else WORKDIR's export."""
+  path = config.train.get("generator_checkpoint", "") or ""
+  if path:
+    return path
+  if os.path.isdir(os.path.join(workdir, "export")):
+    return workdir
+  raise FileNotFoundError(f"no generator for encoder training: {workdir}/export does not exist; train stage 1 "
+                          "in this workdir first (--stage gan) or pass --config.train.generator_checkpoint=DIR")
+
+
+class EncoderTrainer:
+  """Builds the modules, the frozen inputs, the initial state and the sharded train step of stage 2."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
+               generator_vars: Any, discriminator_vars: Any | None = None, perceptual: tuple | None = None):
+    self.config = config
+    self.tcfg = config.train
+    self.mesh = mesh
+    self.num_steps = int(self.tcfg.num_steps)
+    self.generator = checkpoint.build_module("generator", config.model)
+    if self.generator.noise_mode == "random":
+      # The official encoder training synthesises with the fixed noise maps (randomize_noise=False).
+      self.generator = self.generator.clone(noise_mode="const")
+    self.discriminator = checkpoint.build_module("discriminator", config.model)
+    self.encoder = checkpoint.build_module("encoder", config.model)
+    # The same encoder with BN averaged over the data axis, for the training forward pass under shard_map.
+    self.synced_encoder = self.encoder.clone(bn_axis_name=mesh_lib.DATA_AXIS)
+    self.perceptual_module, perceptual_vars = perceptual if perceptual is not None else (None, None)
+    self.lambda_vgg = float(self.tcfg.lambda_vgg) if self.perceptual_module is not None else 0.0
+    if self.perceptual_module is None and float(self.tcfg.lambda_vgg) > 0:
+      logging.warning("encoder training without VGG16 weights: lambda_vgg=%g is replaced by 0 (pixel + adversarial "
+                      "loss only); set config.model.perceptual.weights to enable it", float(self.tcfg.lambda_vgg))
+    self._initial_discriminator_vars = discriminator_vars
+    self.e_tx = make_optimizer(self.tcfg, self.num_steps)
+    self.d_tx = make_optimizer(self.tcfg, self.num_steps)
+    replicate = mesh_lib.replicated(mesh)
+    # Frozen inputs travel as jit arguments (not constants baked into the program).
+    self.frozen = jax.device_put({"generator": generator_vars, "perceptual": perceptual_vars}, replicate)
+    rules = tuple(self.config.mesh.get("param_rules", ())) if "mesh" in self.config else ()
+    self.state_shardings = mesh_lib.param_shardings(jax.eval_shape(self._init_state_unsharded), mesh, rules)
+    self.frozen_shardings = jax.tree.map(lambda _: replicate, self.frozen)
+    self.images_sharding = mesh_lib.batch_sharding(mesh)
+    self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.frozen_shardings,
+                                                              self.images_sharding),
+                              out_shardings=(self.state_shardings, replicate), donate_argnums=(0,))
+    self._reconstruct = jax.jit(self._reconstruct_fn)
+
+  # ----- state -----
+  def _init_state_unsharded(self) -> dict[str, Any]:
+    rng = jax.random.PRNGKey(int(self.tcfg.seed))
+    e_rng, d_rng, base_rng = jax.random.split(rng, 3)
+    encoder_vars = checkpoint.init_variables("encoder", self.encoder, e_rng)
+    if self._initial_discriminator_vars is not None:
+      d_params = jax.tree.map(jnp.asarray, self._initial_discriminator_vars["params"])
+    else:
+      d_params = checkpoint.init_variables("discriminator", self.discriminator, d_rng)["params"]
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "rng": base_rng,
+        "encoder": {"params": encoder_vars["params"], "batch_stats": encoder_vars["batch_stats"]},
+        "discriminator": {"params": d_params},
+        "e_opt": self.e_tx.init(encoder_vars["params"]),
+        "d_opt": self.d_tx.init(d_params),
+    }
+
+  def init_state(self) -> dict[str, Any]:
+    return jax.jit(self._init_state_unsharded, out_shardings=self.state_shardings)()
+
+  def abstract_state(self) -> Any:
+    shapes = jax.eval_shape(self._init_state_unsharded)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                        self.state_shardings)
+
+  def abstract_images(self) -> jax.ShapeDtypeStruct:
+    res = int(self.config.model.resolution)
+    channels = int(self.config.model.get("image_channels", 3))
+    return jax.ShapeDtypeStruct((int(self.tcfg.batch_size), res, res, channels), jnp.float32,
+                                sharding=self.images_sharding)
+
+  def lower(self):
+    """The train step lowered for abstract inputs (nothing runs): .compile() for the AOT check."""
+    frozen = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), self.frozen,
+                          self.frozen_shardings)
+    return self.train_step.lower(self.abstract_state(), frozen, self.abstract_images())
+
+  # ----- the step -----
+  def _encode_train(self, params, batch_stats, images):
+    """Training-mode encoder on the global batch with BN statistics synchronised over the data axis."""
+    def local(params, batch_stats, images):
+      wp, updates = self.synced_encoder.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
+                                              mutable=["batch_stats"])
+      return wp, updates["batch_stats"]
+
+    return jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), P(mesh_lib.DATA_AXIS)),
+                         out_specs=(P(mesh_lib.DATA_AXIS), P()))(params, batch_stats, images)
+
+  def _features(self, frozen, images):
+    from idinvert_jax.models.vgg16 import perceptual_features  # pylint: disable=import-outside-toplevel
+    return perceptual_features(self.perceptual_module, frozen["perceptual"], images)
+
+  def _synthesize(self, frozen, wp):
+    from idinvert_jax.models.generator import synthesize  # pylint: disable=import-outside-toplevel
+    # Fixed noise maps, as the official encoder training (randomize_noise=False).
+    return synthesize(self.generator, frozen["generator"], wp)
+
+  def _train_step(self, state, frozen, images):
+    tcfg = self.tcfg
+    d_vars = state["discriminator"]
+    real_features = self._features(frozen, images) if self.lambda_vgg > 0 else None
+
+    def encoder_objective(e_params):
+      wp, new_stats = self._encode_train(e_params, state["encoder"]["batch_stats"], images)
+      recons = self._synthesize(frozen, wp)
+      fake_logits = self.discriminator.apply(d_vars, recons)
+      recon_features = self._features(frozen, recons) if self.lambda_vgg > 0 else None
+      total, metrics = losses.encoder_loss(images, recons, fake_logits, real_features=real_features,
+                                           recon_features=recon_features, lambda_vgg=self.lambda_vgg,
+                                           lambda_adv=float(tcfg.lambda_adv))
+      return total, (metrics, new_stats)
+
+    e_params = state["encoder"]["params"]
+    (_, (e_metrics, new_stats)), e_grads = jax.value_and_grad(encoder_objective, has_aux=True)(e_params)
+    e_updates, e_opt = self.e_tx.update(e_grads, state["e_opt"], e_params)
+    e_params = optax.apply_updates(e_params, e_updates)
+
+    # D sees the updated encoder (the official loop runs the E op, then the D op, on the same batch).
+    wp, _ = self._encode_train(e_params, new_stats, images)
+    recons = jax.lax.stop_gradient(self._synthesize(frozen, wp))
+
+    def discriminator_objective(d_params):
+      logits_fn = lambda x: self.discriminator.apply({"params": d_params}, x)
+      r1, real_logits = losses.r1_penalty(logits_fn, images)
+      loss_real, loss_fake = losses.discriminator_logistic_loss(real_logits, logits_fn(recons))
+      total = loss_real + loss_fake + 0.5 * float(tcfg.r1_gamma) * r1
+      return total, {"d_loss": total, "d_real": loss_real, "d_fake": loss_fake, "d_r1": r1}
+
+    d_params = d_vars["params"]
+    (_, d_metrics), d_grads = jax.value_and_grad(discriminator_objective, has_aux=True)(d_params)
+    d_updates, d_opt = self.d_tx.update(d_grads, state["d_opt"], d_params)
+    d_params = optax.apply_updates(d_params, d_updates)
+
+    new_state = {
+        "step": state["step"] + 1,
+        "rng": state["rng"],
+        "encoder": {"params": e_params, "batch_stats": new_stats},
+        "discriminator": {"params": d_params},
+        "e_opt": e_opt,
+        "d_opt": d_opt,
+    }
+    metrics = dict(e_metrics, **d_metrics, lr=learning_rate_schedule(tcfg, self.num_steps)(state["step"]))
+    return new_state, metrics
+
+  # ----- outputs -----
+  def _reconstruct_fn(self, state, frozen, images):
+    """Inference-mode reconstruction G(E(x)) (BN running statistics), for the sample grids."""
+    wp = self.encoder.apply(state["encoder"], images, train=False)
+    return self._synthesize(frozen, wp)
+
+  def sample_rows(self, state, images) -> list:
+    n = min(int(self.tcfg.num_samples), images.shape[0])
+    # Gather the (small) sample slice to every host so process 0 can draw it.
+    inputs = loop.to_host(images)[:n]
+    recons = loop.to_host(self._reconstruct(state, self.frozen, images))[:n]
+    return [list(inputs), list(recons)]
+
+  def export_variables(self, state) -> dict[str, Any]:
+    return {"generator": self.frozen["generator"], "encoder": state["encoder"],
+            "discriminator": state["discriminator"]}
+
+  def stage(self) -> loop.Stage:
+    return loop.Stage(name="encoder", init_state=self.init_state,
+                      train_step=functools.partial(_call_with_frozen, self.train_step, self.frozen),
+                      export_variables=self.export_variables, sample_rows=self.sample_rows,
+                      sample_row_labels=("input", "recon"))
+
+
+def _call_with_frozen(step_fn, frozen, state, images):
+  return step_fn(state, frozen, images)
+
+
+def load_frozen_models(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Generator (+ discriminator when stored) variables from the generator checkpoint, and VGG16 if configured."""
+  source = resolve_generator_source(config, workdir)
+  models = checkpoint.load_models(source, config=config)
+  if models.generator_vars is None:
+    raise FileNotFoundError(f"checkpoint {source} has no generator; pass --config.train.generator_checkpoint=DIR "
+                            "of a converted or stage-1 checkpoint")
+  if models.discriminator_vars is None:
+    logging.warning("checkpoint %s has no discriminator: encoder training starts D from random weights", source)
+  from idinvert_jax.models.vgg16 import load_perceptual  # pylint: disable=import-outside-toplevel
+  return {"generator_vars": models.generator_vars, "discriminator_vars": models.discriminator_vars,
+          "perceptual": load_perceptual(config.model)}
+
+
+def train_encoder(config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.sharding.Mesh | None = None,
+                  data_iterator: Iterator[jax.Array] | None = None, frozen_models: dict | None = None,
+                  show_progress: bool = True) -> loop.RunResult:
+  """Runs (or resumes) stage 2 in `workdir` up to config.train.num_steps."""
+  mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.get("mesh"))
+  tcfg = config.train
+  mesh_lib.check_batch_size(int(tcfg.batch_size), mesh)
+  frozen_models = frozen_models if frozen_models is not None else load_frozen_models(config, workdir)
+  trainer = EncoderTrainer(config, mesh, **frozen_models)
+  if data_iterator is None:
+    from idinvert_jax.data import make_train_iterator  # pylint: disable=import-outside-toplevel
+    data_iterator = make_train_iterator(config.data, int(config.model.resolution), int(tcfg.batch_size), mesh,
+                                        int(tcfg.seed), bool(tcfg.mirror))
+  return loop.run(trainer.stage(), config=config, workdir=workdir, data_iterator=data_iterator,
+                  num_steps=trainer.num_steps, batch_size=int(tcfg.batch_size),
+                  checkpoint_every=int(tcfg.checkpoint_every), keep_checkpoints=int(tcfg.keep_checkpoints),
+                  log_every=int(tcfg.log_every), sample_every=int(tcfg.sample_every), show_progress=show_progress)

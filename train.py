@@ -1,0 +1,65 @@
+r"""Trains the two stages of In-Domain GAN Inversion: the StyleGAN generator, then the domain-guided encoder.
+
+  python train.py --config configs/tiny.py --workdir runs/tiny --stage gan
+  python train.py --config configs/tiny.py --workdir runs/tiny --stage encoder   # G from runs/tiny/export
+  python train.py --config configs/ffhq256.py --workdir runs/enc --stage encoder \
+      --config.train.generator_checkpoint=checkpoints/styleganinv_ffhq256
+  python train.py --config configs/tiny.py --workdir /tmp/x --stage gan --compile_only   # FLOPs + memory
+
+Re-running the same command resumes from WORKDIR/checkpoints/<stage>. SIGTERM/SIGINT save a checkpoint and exit.
+Multi-host: pass --coordinator_address/--num_processes/--process_id (or set JAX_COORDINATOR_ADDRESS, ...;
+IDINVERT_DISTRIBUTED=1 lets JAX detect a TPU pod / SLURM on its own) and run the same command on every host.
+"""
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (ml_collections).", lock_config=False)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, export/, metrics.jsonl and samples/.")
+flags.DEFINE_enum("stage", "gan", ["gan", "encoder"], "Which stage to train.")
+flags.DEFINE_bool("compile_only", False, "Compile the train step ahead of time for the mesh, print FLOPs and "
+                  "memory, and exit without training.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for jax.distributed (multi-process).")
+flags.DEFINE_integer("num_processes", None, "Number of processes for jax.distributed.")
+flags.DEFINE_integer("process_id", None, "This process' index for jax.distributed.")
+flags.DEFINE_string("cpu_collectives", None, "CPU collectives backend for multi-process CPU runs (e.g. gloo).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Imported after flag parsing: XLA_FLAGS / platform choices from the environment apply before jax starts.
+  from idinvert_jax import training  # pylint: disable=import-outside-toplevel
+  from idinvert_jax.training import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  mesh_lib.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                        FLAGS.cpu_collectives)
+  config = FLAGS.config
+  mesh = mesh_lib.make_mesh(config.get("mesh"))
+  if FLAGS.compile_only:
+    frozen = None
+    if FLAGS.stage == "encoder":
+      stage_cfg = training.stage_config(config, "encoder")
+      try:
+        from idinvert_jax.training import encoder  # pylint: disable=import-outside-toplevel
+        frozen = encoder.load_frozen_models(stage_cfg, FLAGS.workdir)
+      except FileNotFoundError as e:
+        logging.warning("%s; compiling with random generator/discriminator weights", e)
+        frozen = training.random_frozen_models(stage_cfg)
+    report = training.compile_report(config, FLAGS.stage, mesh, workdir=FLAGS.workdir, frozen_models=frozen)
+    report.pop("compiled")
+    for key, value in report.items():
+      print(f"{key}: {value}")
+    if report.get("flops"):
+      print(f"GFLOPs per step: {report['flops'] / 1e9:.3f} ({report['flops'] / report['global_batch'] / 1e9:.3f} "
+            "per image)")
+    return
+  result = training.train(config, FLAGS.workdir, FLAGS.stage, mesh=mesh)
+  status = "stopped early (preemption) at" if result.preempted else "finished at"
+  logging.info("%s training %s step %d; export in %s/export", FLAGS.stage, status, result.step, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
