@@ -122,7 +122,7 @@ def ssim(a, b, window_size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> jax
   return _ssim(a, b, window_size, float(sigma))
 
 
-def _select_features(features: Any, layer: str) -> jax.Array:
+def select_features(features: Any, layer: str) -> jax.Array:
   """The `layer` feature map from whatever the perceptual module returns (array, dict or sequence)."""
   if isinstance(features, dict):
     if layer in features:
@@ -161,7 +161,7 @@ def perceptual_distance(F: Any, variables: Any, a, b, layer: str = "conv4_3",
 @functools.lru_cache(maxsize=8)
 def _feature_distance_fn(F: Any, layer: str) -> Callable:
   def distance(variables, a, b):
-    fa = _select_features(F.apply(variables, a), layer)
-    fb = _select_features(F.apply(variables, b), layer)
+    fa = select_features(F.apply(variables, a), layer)
+    fb = select_features(F.apply(variables, b), layer)
     return jnp.mean(jnp.square(fa - fb), axis=tuple(range(1, fa.ndim)))
   return jax.jit(distance)
