@@ -97,7 +97,8 @@ def diffuse(target: np.ndarray, contexts: np.ndarray, models, config: ml_collect
   """Diffuses the crop of `target` [H, W, 3] into every context [N, H, W, 3] (images in [-1, 1]).
 
   Args:
-    models: `checkpoint.Models` with generator, encoder and (optionally) perceptual model.
+    models: `checkpoint.Models` with generator, encoder and (optionally) perceptual model, or an
+      `inversion.ModelFns`.
     config: an invert section (see `diffusion_invert_config`; its loss_weight_enc must be 0) or an experiment
       config, from which `diffusion_invert_config` takes the settings.
     crop_size, center_x, center_y: the square (see `crop_mask`, `default_crop`).
@@ -111,7 +112,9 @@ def diffuse(target: np.ndarray, contexts: np.ndarray, models, config: ml_collect
   if float(section.get("loss_weight_enc", 0.0)) != 0.0:
     raise ValueError(f"diffuse: loss_weight_enc={section.loss_weight_enc}; diffusion optimises only the masked "
                      "pixel and perceptual terms - build the section with diffusion_invert_config().")
-  if models.encoder_vars is None:
+  has_encoder = (models.encode is not None if isinstance(models, inversion.ModelFns)
+                 else models.encoder_vars is not None)
+  if not has_encoder:
     raise ValueError("diffuse: the checkpoint has no encoder; diffusion starts from E(stitched image) - use a "
                      "checkpoint with an encoder.")
   target = np.asarray(target, np.float32)
