@@ -137,9 +137,9 @@ def to_state_dict(variables: Mapping[str, Any], table: Table) -> dict[str, np.nd
   """Our variables -> official state_dict (same keys and layouts as the official PyTorch modules)."""
   out = {}
   for entry in table.entries:
-    out[entry.key] = np.ascontiguousarray(entry.layout.to_official(np.asarray(_get(variables, entry.path))))
+    out[entry.key] = np.array(entry.layout.to_official(np.asarray(_get(variables, entry.path))), order="C")
   for key, derive in table.extra.items():
-    out[key] = np.ascontiguousarray(np.asarray(derive(variables)))
+    out[key] = np.array(derive(variables), order="C")
   return out
 
 

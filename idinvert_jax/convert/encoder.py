@@ -47,7 +47,7 @@ def _official_module(module_path: tuple[str, ...]) -> str:
 def _entry(path: common.Path, shape: tuple[int, ...]) -> common.Entry:
   collection, module, leaf = path[0], path[1:-1], path[-1]
   prefix = _official_module(module)
-  if module[-1].endswith("bn"):
+  if re.search(r"(^|_)bn\d?$", module[-1]):
     key = f"{prefix}.{_BN_LEAVES[(collection, leaf)]}"
     default = (lambda s: np.ones(s, np.float32)) if leaf == "scale" else None
     return common.Entry(key, path, common.IDENTITY, default)

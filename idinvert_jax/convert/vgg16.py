@@ -101,3 +101,22 @@ def load_vgg16_weights(path: str | os.PathLike) -> dict[str, Any]:
   if path.endswith((".h5", ".hdf5")):
     return keras_h5_to_variables(path)
   return official_vgg16_to_variables(pth.load_state_dict(path))
+
+
+def synthetic_official_vgg16_state_dict(seed: int) -> dict[str, np.ndarray]:
+  """Deterministic random weights in the official layout (He-normal kernels, N(0, 0.1) biases).
+
+  Only for parity checks: real VGG16 weights are 58 MB, too big for test fixtures, so the fixture stores the seed
+  and the PyTorch outputs, and both sides rebuild these same weights (numpy's PCG64 stream is stable).
+  """
+  rng = np.random.default_rng(seed)
+  state_dict = {}
+  for entry in vgg16_table().entries:
+    ours_shape = vgg16_shapes()[entry.path]
+    if entry.path[-1] == "kernel":
+      kh, kw, cin, cout = ours_shape
+      weight = rng.standard_normal((cout, cin, kh, kw), dtype=np.float32) * np.float32(np.sqrt(2.0 / (9 * cin)))
+    else:
+      weight = rng.standard_normal(ours_shape, dtype=np.float32) * np.float32(0.1)
+    state_dict[entry.key] = weight
+  return state_dict

@@ -1,0 +1,206 @@
+"""Builds the PyTorch parity fixtures in tests/fixtures/ from a checkout of the official idinvert_pytorch code.
+
+The official code is NOT part of this repository: export it somewhere else and pass its path, e.g.
+
+  git -C /work/.mirror/genforce+idinvert_pytorch/repo archive HEAD models | tar -x -C /tmp/idinvert_pytorch
+  .venv/bin/python tools/make_parity_fixtures.py --official /tmp/idinvert_pytorch --out tests/fixtures
+
+Its modules (models/stylegan_generator_network.py, models/stylegan_encoder_network.py,
+models/perceptual_model.py) are imported from that path; they are instantiated with seeded random weights and
+their state_dicts, inputs and outputs are saved. Needs torch (CPU is enough).
+
+  --full256   instead compares the full 256-px official generator + encoder (random weights) against ours and
+              prints the max errors (slow; nothing is written).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+
+# Run from anywhere: this repository's package is imported for the VGG weights and the --full256 comparison.
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+# Small architectures that still cover every code path (fused up-conv at 128 px, shortcut and identity blocks).
+GENERATOR = dict(resolution=128, z_dim=16, w_dim=16, mapping_layers=8, fmaps_base=512, fmaps_max=16,
+                 truncation_psi=0.7, truncation_layers=8)
+ENCODER = dict(resolution=64, w_dim=16, channels_base=8, channels_max=32)
+VGG_SEED, VGG_SIZE, VGG_OUTPUTS = 1234, 32, {"conv3_3": 16, "conv4_3": 23}  # name -> official output_layer_idx
+BATCH = 2
+
+
+def _import_official(path: str):
+  if not os.path.isfile(os.path.join(path, "models", "stylegan_generator_network.py")):
+    raise SystemExit(f"{path}: no models/stylegan_generator_network.py; pass the idinvert_pytorch checkout")
+  sys.path.insert(0, path)
+  from models import perceptual_model, stylegan_encoder_network, stylegan_generator_network  # pylint: disable=g-import-not-at-top
+  return stylegan_generator_network, stylegan_encoder_network, perceptual_model
+
+
+def official_generator(net_lib, cfg):
+  return net_lib.StyleGANGeneratorNet(
+      resolution=cfg["resolution"], z_space_dim=cfg["z_dim"], w_space_dim=cfg["w_dim"],
+      num_mapping_layers=cfg["mapping_layers"], repeat_w=False, final_tanh=True, fused_scale="auto",
+      truncation_psi=cfg["truncation_psi"], truncation_layers=cfg["truncation_layers"], randomize_noise=False,
+      fmaps_base=cfg["fmaps_base"], fmaps_max=cfg["fmaps_max"]).eval()
+
+
+def randomise_generator(net, gen: torch.Generator):
+  """N(0, 1) weights (equalised LR scales them at run time), non-zero biases, noise strengths and w_avg."""
+  with torch.no_grad():
+    for name, p in net.named_parameters():
+      if name == "synthesis.lod":
+        continue
+      if p.ndim >= 2:
+        p.copy_(torch.randn(p.shape, generator=gen))
+      elif name.endswith("apply_noise.weight"):
+        p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+      else:
+        p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    for name, b in net.named_buffers():
+      if name.endswith("apply_noise.noise"):
+        b.copy_(torch.randn(b.shape, generator=gen))
+      elif name == "truncation.w_avg":
+        b.copy_(0.5 * torch.randn(b.shape, generator=gen))
+
+
+def official_encoder(enc_lib, cfg):
+  return enc_lib.StyleGANEncoderNet(
+      resolution=cfg["resolution"], w_space_dim=cfg["w_dim"], encoder_channels_base=cfg["channels_base"],
+      encoder_channels_max=cfg["channels_max"], use_wscale=False, use_bn=True).eval()
+
+
+def randomise_encoder(net, gen: torch.Generator):
+  """He-normal convs, N(0, 1) last dense (runtime-scaled), random biases, BN gammas and running statistics."""
+  with torch.no_grad():
+    for name, p in net.named_parameters():
+      if p.ndim == 4:
+        p.copy_(torch.randn(p.shape, generator=gen) * math.sqrt(2.0 / (p.shape[1] * p.shape[2] * p.shape[3])))
+      elif p.ndim == 2:
+        p.copy_(torch.randn(p.shape, generator=gen))
+      elif name.endswith("bn.weight"):
+        p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+      else:
+        p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    for name, b in net.named_buffers():
+      if name.endswith("running_mean"):
+        b.copy_(0.2 * torch.randn(b.shape, generator=gen))
+      elif name.endswith("running_var"):
+        b.copy_(0.5 + 1.5 * torch.rand(b.shape, generator=gen))
+
+
+def nhwc(x: torch.Tensor) -> np.ndarray:
+  return x.detach().numpy().transpose(0, 2, 3, 1).astype(np.float32)
+
+
+def _save_npz(path: str, **arrays):
+  buf = io.BytesIO()
+  np.savez_compressed(buf, **arrays)
+  with open(path, "wb") as f:
+    f.write(buf.getvalue())
+
+
+def make_fixtures(official: str, out: str):
+  net_lib, enc_lib, vgg_lib = _import_official(official)
+  os.makedirs(out, exist_ok=True)
+  gen = torch.Generator().manual_seed(0)
+  torch.manual_seed(0)  # the official noise buffers are drawn in the constructors
+
+  G = official_generator(net_lib, GENERATOR)
+  randomise_generator(G, gen)
+  z = torch.randn(BATCH, GENERATOR["z_dim"], generator=gen)
+  wp = torch.randn(BATCH, G.num_layers, GENERATOR["w_dim"], generator=gen)
+  with torch.no_grad():
+    image_from_wp = G.synthesis(wp)
+    wp_from_z = G.truncation(G.mapping(z))
+    image_from_z = G.synthesis(wp_from_z)
+  torch.save(G.state_dict(), os.path.join(out, "generator128.pth"))
+  _save_npz(os.path.join(out, "generator128_io.npz"), z=z.numpy(), wp=wp.numpy(),
+            image_from_wp=nhwc(image_from_wp), wp_from_z=wp_from_z.numpy(), image_from_z=nhwc(image_from_z))
+
+  E = official_encoder(enc_lib, ENCODER)
+  randomise_encoder(E, gen)
+  x = torch.rand(BATCH, 3, ENCODER["resolution"], ENCODER["resolution"], generator=gen) * 2 - 1
+  with torch.no_grad():
+    code = E(x).view(BATCH, E.num_layers, ENCODER["w_dim"])
+  # The legacy (pre-1.6) serialisation, as the 2020 official release, so the reader's legacy path is covered.
+  torch.save(E.state_dict(), os.path.join(out, "encoder64_legacy.pth"), _use_new_zipfile_serialization=False)
+  _save_npz(os.path.join(out, "encoder64_io.npz"), x=nhwc(x), wp=code.numpy())
+
+  from idinvert_jax.convert import vgg16 as convert_vgg16  # pylint: disable=g-import-not-at-top
+  state_dict = {k: torch.from_numpy(v) for k, v in
+                convert_vgg16.synthetic_official_vgg16_state_dict(VGG_SEED).items()}
+  images = torch.rand(BATCH, 3, VGG_SIZE, VGG_SIZE, generator=gen) * 2 - 1
+  features = {}
+  for name, index in VGG_OUTPUTS.items():
+    net = vgg_lib.VGG16(output_layer_idx=index).eval()
+    net.load_state_dict(state_dict)
+    with torch.no_grad():
+      features[name] = nhwc(net(images))
+  _save_npz(os.path.join(out, "vgg16_io.npz"), seed=np.int64(VGG_SEED), x=nhwc(images), **features)
+  for name in sorted(os.listdir(out)):
+    print(f"{name}: {os.path.getsize(os.path.join(out, name))} bytes")
+
+
+def _errors(ours, ref) -> str:
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  err = np.abs(ours - ref).max()
+  return f"max abs err {err:.3e}, max |ref| {np.abs(ref).max():.3e}, rel {err / np.abs(ref).max():.3e}"
+
+
+def full256(official: str):
+  """Prints torch-vs-ours errors for the full official 256-px generator and encoder with random weights."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_default_matmul_precision", "float32")
+  from idinvert_jax.convert import encoder as convert_encoder  # pylint: disable=g-import-not-at-top
+  from idinvert_jax.convert import generator as convert_generator  # pylint: disable=g-import-not-at-top
+  from idinvert_jax.models import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+  from idinvert_jax.models import generator as generator_lib  # pylint: disable=g-import-not-at-top
+  net_lib, enc_lib, _ = _import_official(official)
+  gen = torch.Generator().manual_seed(1)
+  torch.manual_seed(1)
+  cfg = dict(resolution=256, z_dim=512, w_dim=512, mapping_layers=8, fmaps_base=16384, fmaps_max=512,
+             truncation_psi=0.7, truncation_layers=8)
+  G = official_generator(net_lib, cfg)
+  randomise_generator(G, gen)
+  z = torch.randn(2, 512, generator=gen)
+  wp = torch.randn(2, 14, 512, generator=gen)
+  with torch.no_grad():
+    ref_wp_image = nhwc(G.synthesis(wp))
+    ref_z_image = nhwc(G(z))
+  ours_G = generator_lib.Generator(resolution=256)
+  variables = convert_generator.official_generator_to_variables(
+      {k: v.numpy() for k, v in G.state_dict().items()}, ours_G)
+  print("generator 256 synthesize(wp):", _errors(generator_lib.synthesize(ours_G, variables, wp.numpy()),
+                                                 ref_wp_image))
+  print("generator 256 generate(z):   ", _errors(generator_lib.generate(ours_G, variables, z.numpy()), ref_z_image))
+  E = official_encoder(enc_lib, dict(resolution=256, w_dim=512, channels_base=64, channels_max=1024))
+  randomise_encoder(E, gen)
+  x = torch.rand(2, 3, 256, 256, generator=gen) * 2 - 1
+  with torch.no_grad():
+    ref_code = E(x).view(2, 14, 512).numpy()
+  ours_E = encoder_lib.Encoder(resolution=256)
+  enc_vars = convert_encoder.official_encoder_to_variables(
+      {k: v.numpy() for k, v in E.state_dict().items()}, ours_E)
+  print("encoder 256 encode(x):       ", _errors(encoder_lib.encode(ours_E, enc_vars, nhwc(x)), ref_code))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--official", required=True, help="path of an idinvert_pytorch checkout (outside this repo)")
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
+  parser.add_argument("--full256", action="store_true", help="compare the full 256-px models instead")
+  args = parser.parse_args()
+  if args.full256:
+    full256(args.official)
+  else:
+    make_fixtures(args.official, args.out)
+
+
+if __name__ == "__main__":
+  main()
