@@ -135,6 +135,11 @@ def to_variables(state_dict: Mapping[str, np.ndarray], table: Table, shapes: Map
 
 def to_state_dict(variables: Mapping[str, Any], table: Table) -> dict[str, np.ndarray]:
   """Our variables -> official state_dict (same keys and layouts as the official PyTorch modules)."""
+  have = flatten(variables)
+  absent = ["/".join(e.path) for e in table.entries if e.path not in have]
+  if absent:
+    raise StateDictMismatchError(f"variables lack {_summary(absent)}; they do not hold the full official model "
+                                 "(convert it from the official file first)")
   out = {}
   for entry in table.entries:
     out[entry.key] = np.array(entry.layout.to_official(np.asarray(_get(variables, entry.path))), order="C")
