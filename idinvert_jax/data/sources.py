@@ -1,0 +1,309 @@
+"""Image sources behind one small interface: folders, path lists, .npz/.npy arrays, TFDS and synthetic faces.
+
+An `ImageSource` is random access: `len(source)` images, `source.read(i) -> (name, uint8 [H, W, 3])` raising
+`ImageError` for an unusable image. Sizes are the images' own (the synthetic source renders at the model
+resolution); `preprocess.prepare_uint8` brings them to the model. `open_source(config.data, resolution)` picks
+the source named by the config (see `get_data_config` in `idinvert_jax/data/__init__.py`); training and
+inversion both go through it. `expand_inputs` turns command-line arguments (files, folders, .txt lists) into an
+ordered, de-duplicated list of image paths.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from idinvert_jax.data import preprocess, synthetic_faces
+from idinvert_jax.data.preprocess import IMAGE_SUFFIXES, ImageError
+
+SOURCE_TYPES = ("auto", "folder", "list", "array", "tfds", "synthetic")
+
+
+class EmptySourceError(ValueError):
+  """A source that holds no images."""
+
+
+class InputNotFoundError(FileNotFoundError):
+  """A path given by the user that does not exist."""
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+  """Random-access images: `read(i)` -> (name, uint8 RGB [H, W, 3]); raises ImageError for a bad image."""
+
+  description: str
+
+  def __len__(self) -> int:
+    ...
+
+  def read(self, index: int) -> tuple[str, np.ndarray]:
+    ...
+
+
+def _is_image_file(path: Path) -> bool:
+  return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def scan_folder(folder: str | os.PathLike) -> list[Path]:
+  """All image files under `folder` (recursive, hidden files and folders skipped), sorted by path."""
+  folder = Path(folder)
+  found = []
+  for root, dirs, files in os.walk(folder):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    found.extend(Path(root) / name for name in files if _is_image_file(Path(name)))
+  return sorted(found)
+
+
+def read_list_file(list_file: str | os.PathLike) -> list[Path]:
+  """Paths listed one per line in a .txt file; relative paths are relative to the file. '#' starts a comment."""
+  list_file = Path(list_file)
+  paths = []
+  for line in list_file.read_text(encoding="utf-8").splitlines():
+    line = line.split("#", 1)[0].strip() if line.lstrip().startswith("#") else line.strip()
+    if line:
+      path = Path(line).expanduser()
+      paths.append(path if path.is_absolute() else list_file.parent / path)
+  return paths
+
+
+def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+  """Files, folders (recursive, sorted) and .txt lists -> image paths in input order, without duplicates.
+
+  Raises InputNotFoundError for a path that does not exist and EmptySourceError if nothing is found.
+  """
+  result, seen = [], set()
+  for given in paths:
+    path = Path(given).expanduser()
+    if path.is_dir():
+      expanded = scan_folder(path)
+    elif path.is_file() and path.suffix.lower() == ".txt":
+      expanded = read_list_file(path)
+    elif path.is_file():
+      expanded = [path]
+    else:
+      raise InputNotFoundError(f"{given}: no such file or folder; check the path")
+    for item in expanded:
+      key = os.path.realpath(item)
+      if key not in seen:
+        seen.add(key)
+        result.append(item)
+  if not result:
+    raise EmptySourceError(f"{', '.join(map(str, paths)) or '(no inputs)'}: no images found; give image files "
+                           f"({', '.join(IMAGE_SUFFIXES)}), folders holding them, or .txt lists of paths")
+  return result
+
+
+class FileSource:
+  """Image files (from a folder or a list), decoded on `read`."""
+
+  def __init__(self, paths: Sequence[str | os.PathLike], description: str,
+               background: Sequence[int] = preprocess.WHITE):
+    self.paths = [Path(p) for p in paths]
+    self.description = description
+    self.background = tuple(int(c) for c in background)
+    if not self.paths:
+      raise EmptySourceError(f"{description}: no images found; add {', '.join(IMAGE_SUFFIXES)} files or fix "
+                             "data.path")
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def read(self, index: int) -> tuple[str, np.ndarray]:
+    path = self.paths[index]
+    return str(path), preprocess.read_rgb(path, self.background)
+
+
+def _rgb_from_channels(image: np.ndarray, name: str, background: Sequence[int]) -> np.ndarray:
+  """uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] -> uint8 [H, W, 3] (alpha composited on background)."""
+  if image.ndim == 2:
+    image = image[..., None]
+  channels = image.shape[-1]
+  if channels == 1:
+    return np.repeat(image, 3, axis=-1)
+  if channels == 3:
+    return np.asarray(image)
+  if channels == 4:
+    alpha = image[..., 3:].astype(np.float32) / 255.0
+    rgb = image[..., :3].astype(np.float32) * alpha + np.asarray(background, np.float32) * (1.0 - alpha)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+  raise ImageError(name, f"has {channels} channels", "give 1 (gray), 3 (RGB) or 4 (RGBA) channels")
+
+
+def _load_array(path: Path, key: str) -> np.ndarray:
+  """Reads an .npy (memory-mapped) or one key of an .npz, never unpickling objects."""
+  try:
+    if path.suffix.lower() != ".npz":
+      return np.load(path, mmap_mode="r", allow_pickle=False)  # Memory-mapped: big arrays stay on disk.
+    with np.load(path, allow_pickle=False) as archive:
+      if key not in archive.files:
+        missing = f"no array named {key!r} (found {archive.files}); set data.npz_key"
+      else:
+        return archive[key]
+  except Exception as e:  # noqa: BLE001 - bad zip, bad header, pickled object arrays: all the user's file.
+    raise ValueError(f"{path}: cannot read the array ({e}); re-save it with numpy.save / numpy.savez "
+                     "(uint8, allow_pickle=False)") from None
+  raise ValueError(f"{path}: {missing}")
+
+
+class ArraySource:
+  """A uint8 array [N, H, W, C] from an .npy file or an .npz key (never unpickled)."""
+
+  def __init__(self, path: str | os.PathLike, key: str = "images", background: Sequence[int] = preprocess.WHITE):
+    path = Path(path)
+    self.description = str(path)
+    self.background = tuple(int(c) for c in background)
+    if not path.is_file():
+      raise InputNotFoundError(f"{path}: no such .npz/.npy file; check data.path")
+    images = _load_array(path, key)
+    if path.suffix.lower() == ".npz":
+      self.description = f"{path}[{key}]"
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+      raise ValueError(f"{self.description}: expected uint8 images [N, H, W, C], got {images.dtype} "
+                       f"{list(images.shape)}; convert with np.clip(x, 0, 255).astype(np.uint8)")
+    if len(images) == 0:
+      raise EmptySourceError(f"{self.description}: the array holds no images; fill it or fix data.path")
+    self.images = images
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def read(self, index: int) -> tuple[str, np.ndarray]:
+    name = f"{self.description}#{index}"
+    return name, _rgb_from_channels(np.asarray(self.images[index]), name, self.background)
+
+
+class TfdsSource:
+  """A split of a prepared TFDS dataset, read with `tfds.data_source` (random access, no TensorFlow needed).
+
+  `records` may be given directly (any sequence of dicts), which is how tests use it without TFDS files.
+  """
+
+  def __init__(self, name: str, split: str = "train", data_dir: str | None = None, image_key: str = "image",
+               background: Sequence[int] = preprocess.WHITE, records: Sequence[dict[str, Any]] | None = None):
+    self.description = f"tfds:{name}/{split}"
+    self.image_key = image_key
+    self.background = tuple(int(c) for c in background)
+    self.records = _open_tfds(name, split, data_dir) if records is None else records
+    if len(self.records) == 0:
+      raise EmptySourceError(f"{self.description}: the split is empty; pick another data.tfds_split")
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def read(self, index: int) -> tuple[str, np.ndarray]:
+    name = f"{self.description}#{index}"
+    record = self.records[index]
+    if self.image_key not in record:
+      raise ValueError(f"{self.description}: records have no feature {self.image_key!r} (found "
+                       f"{sorted(record)}); set data.tfds_image_key")
+    image = record[self.image_key]
+    if isinstance(image, bytes):  # Undecoded feature: decode with PIL like any file.
+      return name, preprocess.to_rgb(preprocess.decode_image(image, name), self.background)
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+      raise ImageError(name, f"image dtype is {image.dtype}, expected uint8", "use an 8-bit image feature")
+    return name, _rgb_from_channels(image, name, self.background)
+
+
+def tfds_prepare_hint(name: str, data_dir: str | None) -> str:
+  """How to prepare a TFDS dataset on a machine with internet access."""
+  where = data_dir or "~/tensorflow_datasets"
+  return (f"prepare it on a machine with internet (needs tensorflow): `tfds build {name} --data_dir={where} "
+          f"--file_format=array_record` or `tfds.builder({name!r}, data_dir={where!r}, "
+          f"file_format='array_record').download_and_prepare()`, then copy {where} here and set "
+          "data.tfds_data_dir")
+
+
+def _open_tfds(name: str, split: str, data_dir: str | None):
+  import tensorflow_datasets as tfds  # Imported lazily: it is slow to import and only needed here.
+
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None, try_gcs=False)
+  except Exception as e:  # noqa: BLE001 - DatasetNotFoundError and config errors.
+    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ValueError(f"tfds:{name}: {first_line}; check data.tfds_name (e.g. 'celeb_a', 'lsun/tower')") from None
+  if not builder.is_prepared():
+    raise FileNotFoundError(f"tfds:{name}: not prepared in {builder.data_dir}; " + tfds_prepare_hint(name, data_dir))
+  try:
+    return builder.as_data_source(split=split)
+  except NotImplementedError:
+    raise ValueError(f"tfds:{name}: prepared in {builder.data_dir} as TFRecord, which has no random access; "
+                     + tfds_prepare_hint(name, data_dir)) from None
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"tfds:{name}: no split {split!r} ({e}); set data.tfds_split to one of "
+                     f"{sorted(builder.info.splits)}") from None
+
+
+class SyntheticSource:
+  """The procedural synthetic faces (see synthetic_faces.py), rendered on demand at the model resolution."""
+
+  def __init__(self, num: int, resolution: int, seed: int = 0):
+    if num <= 0:
+      raise EmptySourceError(f"synthetic faces: num={num}; set data.synthetic_num to a positive count")
+    synthetic_faces._check_resolution(resolution)  # pylint: disable=protected-access
+    self.num, self.resolution, self.seed = int(num), int(resolution), int(seed)
+    self.description = f"synthetic:seed={seed},num={num}"
+
+  def __len__(self) -> int:
+    return self.num
+
+  def read(self, index: int) -> tuple[str, np.ndarray]:
+    if not 0 <= index < self.num:
+      raise IndexError(f"synthetic face {index} out of range 0..{self.num - 1}")
+    return f"synthetic_{self.seed}_{index:06d}", synthetic_faces.render_one(index, self.resolution, self.seed)[0]
+
+  def labels(self) -> dict[str, np.ndarray]:
+    """Ground-truth attributes of all images (float32 [num] each)."""
+    return synthetic_faces.sample_attributes(self.num, self.seed)
+
+
+def infer_source_type(path: str) -> str:
+  """'auto' -> folder, list (.txt), array (.npz/.npy); no path -> synthetic."""
+  if not path:
+    return "synthetic"
+  suffix = Path(path).suffix.lower()
+  if suffix in (".npz", ".npy"):
+    return "array"
+  if suffix == ".txt":
+    return "list"
+  if Path(path).is_dir():
+    return "folder"
+  raise InputNotFoundError(f"{path}: not a folder, .txt list or .npz/.npy file; set data.path (or data.source)")
+
+
+def open_source(data_cfg, resolution: int) -> ImageSource:
+  """Opens the source described by `config.data` (fields: see `get_data_config`)."""
+  kind = data_cfg.source
+  if kind not in SOURCE_TYPES:
+    raise ValueError(f"data.source={kind!r} is unknown; use one of {SOURCE_TYPES}")
+  path = str(data_cfg.path or "")
+  if kind == "auto":
+    kind = infer_source_type(path)
+  background = tuple(data_cfg.background)
+  if kind in ("folder", "list", "array") and not path:
+    raise ValueError(f"data.source={kind!r} needs data.path; set --config.data.path=...")
+  if kind == "folder":
+    if not Path(path).is_dir():
+      raise InputNotFoundError(f"{path}: no such folder; check data.path")
+    return FileSource(scan_folder(path), path, background)
+  if kind == "list":
+    if not Path(path).is_file():
+      raise InputNotFoundError(f"{path}: no such list file; check data.path")
+    return FileSource(read_list_file(path), path, background)
+  if kind == "array":
+    return ArraySource(path, data_cfg.npz_key, background)
+  if kind == "tfds":
+    if not data_cfg.tfds_name:
+      raise ValueError("data.source='tfds' needs data.tfds_name (e.g. 'celeb_a' or 'lsun/tower')")
+    return TfdsSource(data_cfg.tfds_name, data_cfg.tfds_split, data_cfg.tfds_data_dir or None,
+                      data_cfg.tfds_image_key, background)
+  return SyntheticSource(data_cfg.synthetic_num, resolution, data_cfg.synthetic_seed)
+
+
+def read_prepared(source: ImageSource, index: int, resolution: int, resize: str = "center_crop",
+                  resample: str = "lanczos", min_size: int | None = None) -> tuple[str, np.ndarray]:
+  """source.read(index) brought to uint8 [resolution, resolution, 3]; raises ImageError."""
+  name, image = source.read(index)
+  return name, preprocess.prepare_uint8(image, name, resolution, resize, resample, min_size)
