@@ -82,6 +82,16 @@ def load_image(path, resolution: int) -> np.ndarray:
   return loader(path, resolution)
 
 
+def unique_names(paths: Sequence[Path]) -> list[str]:
+  """File stems made unique with _2, _3, ... in order: the rule invert.py names its <name>_ori.png files by."""
+  seen: dict[str, int] = {}
+  names = []
+  for path in paths:
+    seen[path.stem] = seen.get(path.stem, 0) + 1
+    names.append(path.stem if seen[path.stem] == 1 else f"{path.stem}_{seen[path.stem]}")
+  return names
+
+
 def read_inversion_dir(directory: str, resolution: int, num_layers: int, w_dim: int):
   """(names, codes [N, L, D], originals [N, R, R, 3] or None) from an invert.py output folder."""
   directory = Path(directory)
@@ -91,7 +101,7 @@ def read_inversion_dir(directory: str, resolution: int, num_layers: int, w_dim: 
       raise FileNotFoundError(f"{path} does not exist; pass a folder written by invert.py (it holds "
                               "inverted_codes.npy and image_list.txt).")
   codes = np.load(codes_path, allow_pickle=False).astype(np.float32)
-  names = [Path(line.strip()).stem for line in list_path.read_text().splitlines() if line.strip()]
+  names = unique_names([Path(line.strip()) for line in list_path.read_text().splitlines() if line.strip()])
   if codes.ndim != 3 or codes.shape[1:] != (num_layers, w_dim):
     raise EditError(f"{codes_path} holds codes of shape {codes.shape}; this generator needs [N, {num_layers}, "
                     f"{w_dim}] - invert with the same checkpoint.")
