@@ -1,0 +1,188 @@
+"""Every image source yields the same preprocessed array for the same image; inputs expand predictably; user
+errors (empty folder, missing path, unprepared TFDS dataset, bad arrays) are one-line messages naming the path."""
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from idinvert_jax.data import __main__ as data_cli
+from idinvert_jax.data import get_data_config, preprocess, sources, synthetic_faces
+from idinvert_jax.data.preprocess import ImageError
+
+RESOLUTION, SEED, NUM = 32, 5, 6
+
+
+@pytest.fixture(scope="module")
+def faces():
+  images, _ = synthetic_faces.render(NUM, RESOLUTION, SEED)
+  return images
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+  """Fails any attempt to open a network connection (nothing here may download)."""
+
+  def refuse(*args, **kwargs):
+    raise AssertionError(f"network access attempted: {args}")
+
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _config(**fields):
+  cfg = get_data_config()
+  cfg.update(fields)
+  return cfg
+
+
+def _prepared(source, index):
+  return preprocess.to_float(sources.read_prepared(source, index, RESOLUTION, resize="center_crop")[1])
+
+
+def test_all_sources_give_identical_arrays(tmp_path, faces):
+  # Folder (nested, so the scan must recurse), .txt list with relative paths, .npz (via the export CLI), .npy.
+  folder = tmp_path / "folder"
+  for i, image in enumerate(faces):
+    (folder / f"sub{i % 2}").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(folder / f"sub{i % 2}" / f"face{i}.png")
+  listed = sorted(folder.rglob("*.png"), key=lambda p: int(p.stem[4:]))
+  (tmp_path / "list.txt").write_text("# faces\n" + "\n".join(str(p.relative_to(tmp_path)) for p in listed) + "\n")
+  assert data_cli.main(["export-synthetic", "--num", str(NUM), "--resolution", str(RESOLUTION), "--seed",
+                        str(SEED), "--output", str(tmp_path / "faces.npz")]) == 0
+  np.save(tmp_path / "faces.npy", faces)
+
+  expected = preprocess.to_float(faces)
+  opened = {
+      "synthetic": sources.open_source(_config(synthetic_num=NUM, synthetic_seed=SEED), RESOLUTION),
+      "list": sources.open_source(_config(source="list", path=str(tmp_path / "list.txt")), RESOLUTION),
+      "npz": sources.open_source(_config(source="auto", path=str(tmp_path / "faces.npz")), RESOLUTION),
+      "npy": sources.open_source(_config(source="array", path=str(tmp_path / "faces.npy")), RESOLUTION),
+      "tfds": sources.TfdsSource("fake", records=[{"image": image} for image in faces]),
+  }
+  for name, source in opened.items():
+    assert isinstance(source, sources.ImageSource)
+    assert len(source) == NUM, name
+    for i in range(NUM):
+      np.testing.assert_array_equal(_prepared(source, i), expected[i], err_msg=f"{name} image {i}")
+  # The folder is read in sorted path order: sub0/face0, sub0/face2, ..., sub1/face1, ...
+  folder_source = sources.open_source(_config(source="folder", path=str(folder)), RESOLUTION)
+  order = [int(p.stem[4:]) for p in folder_source.paths]
+  assert order == [0, 2, 4, 1, 3, 5]
+  for position, i in enumerate(order):
+    np.testing.assert_array_equal(_prepared(folder_source, position), expected[i])
+  # Inversion's loader agrees with the sources (plain resize is the identity at the native resolution).
+  np.testing.assert_array_equal(preprocess.load_image(listed[3], RESOLUTION), expected[3])
+
+
+def test_array_channels_and_tfds_encoded_images(tmp_path):
+  gray = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 1), dtype=np.uint8)
+  np.savez(tmp_path / "gray.npz", pictures=gray)
+  source = sources.ArraySource(tmp_path / "gray.npz", key="pictures")
+  np.testing.assert_array_equal(source.read(1)[1], np.repeat(gray[1], 3, axis=-1))
+  rgba = np.zeros((1, 4, 4, 4), np.uint8)
+  rgba[..., 3] = 0
+  np.save(tmp_path / "rgba.npy", rgba)
+  np.testing.assert_array_equal(sources.ArraySource(tmp_path / "rgba.npy").read(0)[1], 255)
+  # TFDS features left undecoded (bytes) are decoded like files.
+  image = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+  Image.fromarray(image).save(tmp_path / "e.png")
+  tfds_source = sources.TfdsSource("fake", image_key="img", records=[{"img": (tmp_path / "e.png").read_bytes()}])
+  np.testing.assert_array_equal(tfds_source.read(0)[1], image)
+  with pytest.raises(ValueError, match="tfds_image_key"):
+    sources.TfdsSource("fake", records=[{"img": image}]).read(0)
+
+
+def test_bad_arrays_are_clear_errors(tmp_path):
+  np.savez(tmp_path / "a.npz", images=np.zeros((2, 8, 8, 3), np.uint8))
+  with pytest.raises(ValueError, match=r"no array named 'faces'.*npz_key"):
+    sources.ArraySource(tmp_path / "a.npz", key="faces")
+  np.save(tmp_path / "f.npy", np.zeros((2, 8, 8, 3), np.float32))
+  with pytest.raises(ValueError, match="expected uint8"):
+    sources.ArraySource(tmp_path / "f.npy")
+  np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+  with pytest.raises(ValueError, match="obj.npy: cannot read"):
+    sources.ArraySource(tmp_path / "obj.npy")  # Never unpickled.
+  np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8, 3), np.uint8))
+  with pytest.raises(sources.EmptySourceError, match="empty.npy"):
+    sources.ArraySource(tmp_path / "empty.npy")
+  with pytest.raises(FileNotFoundError, match="missing.npz"):
+    sources.open_source(_config(source="array", path=str(tmp_path / "missing.npz")), RESOLUTION)
+
+
+def test_folder_scan_finds_all_formats_and_skips_hidden(tmp_path):
+  image = Image.fromarray(np.full((16, 16, 3), 90, np.uint8))
+  for name in ("a.png", "b.JPG", "c.jpeg", "d.webp", "e.bmp", "nested/f.png", ".hidden.png", ".cache/g.png"):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    image.save(tmp_path / name, format={"jpg": "JPEG", "jpeg": "JPEG"}.get(name.split(".")[-1].lower()))
+  (tmp_path / "notes.txt").write_text("not listed")
+  found = [p.relative_to(tmp_path).as_posix() for p in sources.scan_folder(tmp_path)]
+  assert found == ["a.png", "b.JPG", "c.jpeg", "d.webp", "e.bmp", "nested/f.png"]
+  source = sources.open_source(_config(source="auto", path=str(tmp_path)), RESOLUTION)
+  for i in range(len(source)):
+    assert np.abs(source.read(i)[1].astype(int) - 90).max() <= 2  # JPEG/WebP are lossy.
+
+
+def test_expand_inputs_orders_and_deduplicates(tmp_path):
+  for name in ("x/2.png", "x/1.png", "x/sub/3.png", "y.png"):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
+  (tmp_path / "list.txt").write_text("y.png\n\nx/1.png\n")
+  expanded = sources.expand_inputs([tmp_path / "list.txt", tmp_path / "x", str(tmp_path / "y.png")])
+  assert [p.relative_to(tmp_path).as_posix() for p in expanded] == ["y.png", "x/1.png", "x/2.png", "x/sub/3.png"]
+  with pytest.raises(sources.InputNotFoundError, match="nope.png: no such file"):
+    sources.expand_inputs([tmp_path / "y.png", tmp_path / "nope.png"])
+
+
+def test_empty_folder_is_an_error_naming_it(tmp_path):
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "readme.md").write_text("no images here")
+  with pytest.raises(sources.EmptySourceError, match=str(tmp_path / "empty")):
+    sources.open_source(_config(source="folder", path=str(tmp_path / "empty")), RESOLUTION)
+  with pytest.raises(sources.EmptySourceError, match="no images found"):
+    sources.expand_inputs([tmp_path / "empty"])
+  (tmp_path / "empty.txt").write_text("\n# nothing\n")
+  with pytest.raises(sources.EmptySourceError, match="empty.txt"):
+    sources.open_source(_config(source="list", path=str(tmp_path / "empty.txt")), RESOLUTION)
+
+
+def test_bad_file_in_a_folder_names_its_path(tmp_path):
+  (tmp_path / "broken.png").write_text("not a png")
+  source = sources.open_source(_config(source="folder", path=str(tmp_path)), RESOLUTION)
+  with pytest.raises(ImageError, match=f"{tmp_path / 'broken.png'}: not an image"):
+    source.read(0)
+
+
+def test_tfds_not_prepared_says_how_to_prepare(tmp_path, no_network):
+  data_dir = tmp_path / "tfds"
+  cfg = _config(source="tfds", tfds_name="celeb_a", tfds_data_dir=str(data_dir))
+  with pytest.raises(FileNotFoundError) as info:
+    sources.open_source(cfg, RESOLUTION)
+  message = str(info.value)
+  assert "not prepared" in message and f"tfds build celeb_a --data_dir={data_dir}" in message
+  assert "download_and_prepare()" in message and "\n" not in message
+  assert not any(data_dir.rglob("*.array_record*"))  # Nothing was fetched.
+  with pytest.raises(ValueError, match="tfds_name"):
+    sources.open_source(_config(source="tfds", tfds_name="no_such_dataset_xyz", tfds_data_dir=str(data_dir)),
+                        RESOLUTION)
+
+
+def test_config_errors_are_clear():
+  with pytest.raises(ValueError, match="data.source='zip' is unknown"):
+    sources.open_source(_config(source="zip"), RESOLUTION)
+  with pytest.raises(ValueError, match="needs data.path"):
+    sources.open_source(_config(source="folder"), RESOLUTION)
+  with pytest.raises(ValueError, match="tfds_name"):
+    sources.open_source(_config(source="tfds"), RESOLUTION)
+  with pytest.raises(sources.EmptySourceError, match="synthetic_num"):
+    sources.open_source(_config(synthetic_num=0), RESOLUTION)
+  with pytest.raises(ValueError, match="32...256"):
+    sources.open_source(_config(), 16)
+
+
+def test_synthetic_source_labels_match_renderer():
+  source = sources.open_source(_config(synthetic_num=4, synthetic_seed=SEED), RESOLUTION)
+  images, labels = synthetic_faces.render(4, RESOLUTION, SEED)
+  for name, values in source.labels().items():
+    np.testing.assert_array_equal(values, labels[name])
+  np.testing.assert_array_equal(source.read(3)[1], images[3])
