@@ -244,7 +244,7 @@ def save_state_dict(state_dict: dict[str, np.ndarray], path: str | os.PathLike) 
     raise ImportError("writing official .pth files needs torch: pip install 'idinvert_jax[convert]'") from e
   from idinvert_jax import files  # pylint: disable=g-import-not-at-top
   tensors = collections.OrderedDict(
-      (k, torch.from_numpy(np.ascontiguousarray(v).copy())) for k, v in state_dict.items())
+      (k, torch.from_numpy(np.array(v, order="C"))) for k, v in state_dict.items())
   buf = io.BytesIO()
   torch.save(tensors, buf)
   files.atomic_write_bytes(path, buf.getvalue())
