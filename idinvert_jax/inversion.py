@@ -130,6 +130,9 @@ def model_fns(models) -> ModelFns:
     raise InversionError("inversion: the checkpoint has no generator; pass a checkpoint written by the "
                          "converter or train.py.")
 
+  if getattr(G, "noise_mode", "const") == "random":
+    G = G.clone(noise_mode="const")  # Inversion fits one image: fixed noise maps, as the official inverter.
+
   def synthesize(variables, wp):
     return generator_lib.synthesize(G, variables, wp)
 
@@ -143,7 +146,10 @@ def model_fns(models) -> ModelFns:
     from idinvert_jax.models import vgg16 as vgg_lib
 
     def features(variables, x):
-      return vgg_lib.perceptual_features(F, variables, x)
+      out = vgg_lib.perceptual_features(F, variables, x)
+      if isinstance(out, (tuple, list)):  # Several layers: one flat vector, every feature weighted alike.
+        out = jnp.concatenate([o.reshape(o.shape[0], -1) for o in out], axis=1)
+      return out
 
   variables = {"generator": models.generator_vars, "encoder": models.encoder_vars,
                "perceptual": models.perceptual_vars}
@@ -240,6 +246,12 @@ def check_models(fns: ModelFns, settings: _Settings | None = None) -> None:
       raise InversionError(f"invert: the encoder outputs W+ codes of shape {tuple(code.shape)[1:]} but the "
                            f"generator takes ({fns.num_layers}, {fns.w_dim}); use an encoder trained for "
                            f"this generator.")
+
+
+def validate(models, config) -> None:
+  """Checks models and settings before any work: raises InversionError naming the problem and the fix."""
+  fns = models if isinstance(models, ModelFns) else _cached_model_fns(models)
+  check_models(fns, _settings(_invert_section(config), fns))
 
 
 def snapshot_steps(num_iterations: int, num_results: int) -> list[int]:

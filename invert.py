@@ -1,0 +1,57 @@
+"""Inverts images into W+ codes with In-Domain GAN Inversion (encoder + domain-regularised optimisation).
+
+  python invert.py --checkpoint CKPT --images photos/ more.png list.txt --output out/
+  python invert.py --checkpoint CKPT --images photos/ --output out/ --num_iterations 50 --precision bfloat16
+  python invert.py --checkpoint CKPT --images photos/ --output out/ --config configs/ffhq256.py \
+      --config.invert.num_iterations=200
+
+The official flag names (--method, --num_iterations, --learning_rate, --loss_weight_feat, --loss_weight_enc,
+--batch_size, --num_results, --precision) override config.invert; unset, the checkpoint's (or --config's)
+values apply, else the official defaults (100 Adam steps, lr 0.01, feat 5e-5, enc 2.0). Reruns on the same
+--output skip images already done; --overwrite redoes them. See idinvert_jax/invert_cli.py for the layout.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from idinvert_jax import invert_cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Optional experiment config file (must match the checkpoint's "
+                                "architecture); allows --config.invert.<field>=value overrides.")
+flags.DEFINE_string("checkpoint", None, "Model checkpoint folder (converter or train.py output).", required=True)
+flags.DEFINE_list("images", None, "Image files, folders of images, or .txt lists (comma or space separated).",
+                  required=True)
+flags.DEFINE_string("output", None, "Output folder.", required=True)
+flags.DEFINE_enum("method", None, ["indomain", "encoder", "optimize"], "Inversion method (default indomain).")
+flags.DEFINE_integer("num_iterations", None, "Optimisation steps per image (official default 100).")
+flags.DEFINE_float("learning_rate", None, "Adam learning rate (default 0.01).")
+flags.DEFINE_float("loss_weight_feat", None, "Perceptual loss weight (default 5e-5).")
+flags.DEFINE_float("loss_weight_enc", None, "Encoder (domain) regulariser weight (default 2.0).")
+flags.DEFINE_integer("batch_size", None, "Images optimised together (default 8).")
+flags.DEFINE_integer("num_results", None, "Intermediate snapshots per image (default 5).")
+flags.DEFINE_enum("precision", None, ["float32", "bfloat16"], "Compute dtype of G/E/VGG (default float32).")
+flags.DEFINE_boolean("overwrite", False, "Redo images that an earlier run on --output already finished.")
+
+
+def main(argv):
+  # Space-separated paths after --images arrive as extra arguments.
+  images = list(FLAGS.images) + list(argv[1:])
+  overrides = {name: FLAGS[name].value for name in invert_cli.OFFICIAL_FLAGS}
+  try:
+    summary = invert_cli.run_inversion(FLAGS.checkpoint, images, FLAGS.output, config=FLAGS.config,
+                                       overrides=overrides, overwrite=FLAGS.overwrite)
+  except (ValueError, FileNotFoundError) as e:  # User-fixable: one line, no traceback.
+    raise SystemExit(f"invert.py: error: {e}") from e
+  m = summary.mean_metrics
+  logging.info("done: %d images in %s (%d inverted now, %d skipped as done, %d failed); mean MSE %.4g, "
+               "PSNR %.2f dB, SSIM %.4f, %.2f s/image", summary.num_done, summary.output, summary.num_inverted,
+               summary.num_skipped, len(summary.failed), m["mse"], m["psnr"], m["ssim"], m["seconds"])
+  print(f"{summary.num_done} images inverted into {summary.output} ({summary.num_skipped} skipped as done).")
+  for path, reason in summary.failed:
+    print(f"FAILED {path}: {reason}")
+  if summary.failed:
+    print(f"{len(summary.failed)} input(s) could not be read; listed in {summary.output / 'failed.txt'}.")
+
+
+if __name__ == "__main__":
+  app.run(main)
