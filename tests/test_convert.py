@@ -232,3 +232,54 @@ def test_missing_bn_scale_defaults_to_one(encoder_fixture):
   without = {k: v for k, v in state_dict.items() if not k.endswith("bn.weight")}
   variables = convert_encoder.official_encoder_to_variables(without, E)
   np.testing.assert_array_equal(variables["batch_stats"]["block1"]["bn2"]["scale"], 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+def _write_config(path: Path, resolution: int, **generator_fields):
+  lines = ["from configs import common", "", "def get_config():",
+           "  import ml_collections", "  config = ml_collections.ConfigDict()",
+           f"  config.model = common.get_model_config({resolution})",
+           "  config.model.encoder.channels_base = 8", "  config.model.encoder.channels_max = 32"]
+  lines += [f"  config.model.generator.{k} = {v!r}" for k, v in generator_fields.items()]
+  lines += ["  return config", ""]
+  path.write_text("\n".join(lines))
+  return str(path)
+
+
+def test_cli_converts_to_checkpoint_and_exports_back(tmp_path, generator_fixture, encoder_fixture):
+  from idinvert_jax import checkpoint
+  from idinvert_jax.convert import __main__ as cli
+  small = dict(z_dim=16, w_dim=16, mapping_fmaps=16, fmaps_base=512, fmaps_max=16)
+  gen_config = _write_config(tmp_path / "gen128.py", 128, **small)
+  assert cli.main(["--generator", str(FIXTURES / "generator128.pth"), "--output", str(tmp_path / "ckpt_g"),
+                   "--config", gen_config]) == 0
+  models = checkpoint.load_models(tmp_path / "ckpt_g")
+  assert models.names() == ("generator",)
+  io_ = np.load(FIXTURES / "generator128_io.npz")
+  _assert_close("checkpoint generate(z)", generator_lib.generate(models.generator, models.generator_vars,
+                                                                  io_["z"]), io_["image_from_z"])
+  assert cli.main(["--export", str(tmp_path / "ckpt_g"), "--to", str(tmp_path / "out")]) == 0
+  _, gen_state_dict, _ = generator_fixture
+  _assert_same_state_dict(pth.load_state_dict(tmp_path / "out" / "generator.pth"), gen_state_dict)
+
+  enc_config = _write_config(tmp_path / "enc64.py", 64, w_dim=16)
+  assert cli.main(["--encoder", str(FIXTURES / "encoder64_legacy.pth"), "--output", str(tmp_path / "ckpt_e"),
+                   "--config", enc_config]) == 0
+  assert cli.main(["--export", str(tmp_path / "ckpt_e"), "--to", str(tmp_path / "out")]) == 0
+  _, enc_state_dict, _ = encoder_fixture
+  _assert_same_state_dict(pth.load_state_dict(tmp_path / "out" / "encoder.pth"), enc_state_dict)
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
+  from idinvert_jax.convert import __main__ as cli
+  config = _write_config(tmp_path / "gen64.py", 64)  # the 128-px fixture does not fit a 64-px config
+  assert cli.main(["--generator", str(FIXTURES / "generator128.pth"), "--output", str(tmp_path / "c"),
+                   "--config", config]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "generator128.pth" in err and "\n" not in err
+  assert not (tmp_path / "c" / "config.json").exists()
+  assert cli.main(["--generator", str(tmp_path / "absent.pth"), "--output", str(tmp_path / "c"),
+                   "--config", config]) == 1
+  assert "absent.pth" in capsys.readouterr().err

@@ -23,7 +23,7 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--generator", help="official StyleGAN generator .pth (idinvert_pytorch layout)")
   parser.add_argument("--encoder", help="official domain-guided encoder .pth")
-  parser.add_argument("--perceptual", help="VGG16 weights: official vgg16.pth or Keras ..._notop.h5")
+  parser.add_argument("--perceptual", "--vgg", dest="perceptual", help="VGG16 weights: official vgg16.pth or Keras ..._notop.h5")
   parser.add_argument("--output", help="checkpoint directory to write")
   parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"experiment config (default {DEFAULT_CONFIG})")
   parser.add_argument("--export", metavar="DIR", help="checkpoint directory to export as official .pth files")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,10 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file {path} not found; pass --config configs/<experiment>.py")
+  # Experiment configs import their siblings (`from configs import common`): make the repository root importable.
+  package_dir = Path(path).resolve().parent
+  if (package_dir / "__init__.py").is_file() and str(package_dir.parent) not in sys.path:
+    sys.path.insert(0, str(package_dir.parent))
   spec = importlib.util.spec_from_file_location(f"_idinvert_config_{Path(path).stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
