@@ -254,7 +254,7 @@ def _draw(f: dict[str, np.ndarray], resolution: int, windowed: bool = True) -> n
   for side in (-1.0, 1.0):
     ex, squash = feature_x(side * 0.42)
     eye_centres.append((ex, squash))
-    eye_w, eye_h = 0.085 * s * squash, 0.05 * s * openness
+    eye_w, eye_h = 0.1 * s * squash, 0.058 * s * openness
     lid = _ellipse(x, y, ex, eye_y, eye_w, eye_h)
     lid_cover = _cover(lid, pixel)
     canvas = _over(canvas, _rgb(np.full((n, 3), 0.96)), lid_cover)
@@ -298,14 +298,14 @@ def _draw(f: dict[str, np.ndarray], resolution: int, windowed: bool = True) -> n
   glasses = _col(f["eyeglasses"])
   rim_color = _rgb(np.full((n, 3), 0.05))
   for ex, squash in eye_centres:
-    lens_w = 0.12 * s * squash
-    lens = _ellipse(x, y, ex, eye_y, lens_w, 0.1 * s)
+    lens_w = 0.13 * s * squash
+    lens = _ellipse(x, y, ex, eye_y, lens_w, 0.105 * s)
     canvas *= 1.0 - 0.18 * (glasses * _cover(lens, pixel))[..., None]
-    rim = np.maximum(np.abs(lens) - 0.012 * s, np.abs(x - ex) - lens_w - 0.012 * s)
+    rim = np.maximum(np.abs(lens) - 0.02 * s, np.abs(x - ex) - lens_w - 0.02 * s)
     canvas = _over(canvas, rim_color, glasses * _cover(rim, pixel))
   (left_x, left_sq), (right_x, right_sq) = eye_centres
-  bridge = np.maximum(np.abs(y - eye_y + 0.02 * s) - 0.01 * s,
-                      np.maximum(left_x + 0.12 * s * left_sq - x, x - (right_x - 0.12 * s * right_sq)))
+  bridge = np.maximum(np.abs(y - eye_y + 0.02 * s) - 0.015 * s,
+                      np.maximum(left_x + 0.13 * s * left_sq - x, x - (right_x - 0.13 * s * right_sq)))
   canvas = _over(canvas, rim_color, glasses * _cover(bridge, pixel))
   canvas, x, y = full_canvas, full_x, full_y
 
