@@ -1,5 +1,6 @@
 r"""Trains the two stages of In-Domain GAN Inversion: the StyleGAN generator, then the domain-guided encoder.
 
+  python train.py --config configs/tiny.py --workdir runs/tiny               # both stages, one after the other
   python train.py --config configs/tiny.py --workdir runs/tiny --stage gan
   python train.py --config configs/tiny.py --workdir runs/tiny --stage encoder   # G from runs/tiny/export
   python train.py --config configs/ffhq256.py --workdir runs/enc --stage encoder \
@@ -18,7 +19,8 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (ml_collections).", lock_config=False)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, export/, metrics.jsonl and samples/.")
-flags.DEFINE_enum("stage", "gan", ["gan", "encoder"], "Which stage to train.")
+flags.DEFINE_enum("stage", "all", ["all", "gan", "encoder"], "Which stage to train; 'all' = gan, then the "
+                  "encoder on its EMA generator.")
 flags.DEFINE_bool("compile_only", False, "Compile the train step ahead of time for the mesh, print FLOPs and "
                   "memory, and exit without training.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for jax.distributed (multi-process).")
@@ -38,27 +40,37 @@ def main(argv):
                                         FLAGS.cpu_collectives)
   config = FLAGS.config
   mesh = mesh_lib.make_mesh(config.get("mesh"))
+  stages = training.STAGES if FLAGS.stage == "all" else (FLAGS.stage,)
   if FLAGS.compile_only:
-    frozen = None
-    if FLAGS.stage == "encoder":
-      stage_cfg = training.stage_config(config, "encoder")
-      try:
-        from idinvert_jax.training import encoder  # pylint: disable=import-outside-toplevel
-        frozen = encoder.load_frozen_models(stage_cfg, FLAGS.workdir)
-      except FileNotFoundError as e:
-        logging.warning("%s; compiling with random generator/discriminator weights", e)
-        frozen = training.random_frozen_models(stage_cfg)
-    report = training.compile_report(config, FLAGS.stage, mesh, workdir=FLAGS.workdir, frozen_models=frozen)
-    report.pop("compiled")
-    for key, value in report.items():
-      print(f"{key}: {value}")
-    if report.get("flops"):
-      print(f"GFLOPs per step: {report['flops'] / 1e9:.3f} ({report['flops'] / report['global_batch'] / 1e9:.3f} "
-            "per image)")
+    for stage in stages:
+      print_compile_report(training, config, stage, mesh)
     return
-  result = training.train(config, FLAGS.workdir, FLAGS.stage, mesh=mesh)
-  status = "stopped early (preemption) at" if result.preempted else "finished at"
-  logging.info("%s training %s step %d; export in %s/export", FLAGS.stage, status, result.step, FLAGS.workdir)
+  for stage in stages:
+    result = training.train(config, FLAGS.workdir, stage, mesh=mesh)
+    if result.preempted:
+      logging.warning("%s training stopped early (preemption) at step %d; re-run to resume", stage, result.step)
+      return
+    logging.info("%s training finished at step %d; export in %s/export", stage, result.step, FLAGS.workdir)
+
+
+def print_compile_report(training, config, stage, mesh):
+  """AOT-compiles one stage's train step and prints its FLOPs and memory figures."""
+  frozen = None
+  if stage == "encoder":
+    stage_cfg = training.stage_config(config, "encoder")
+    try:
+      from idinvert_jax.training import encoder  # pylint: disable=import-outside-toplevel
+      frozen = encoder.load_frozen_models(stage_cfg, FLAGS.workdir)
+    except FileNotFoundError as e:
+      logging.warning("%s; compiling with random generator/discriminator weights", e)
+      frozen = training.random_frozen_models(stage_cfg)
+  report = training.compile_report(config, stage, mesh, workdir=FLAGS.workdir, frozen_models=frozen)
+  report.pop("compiled")
+  for key, value in report.items():
+    print(f"{key}: {value}")
+  if report.get("flops"):
+    print(f"{stage}: GFLOPs per step: {report['flops'] / 1e9:.3f} "
+          f"({report['flops'] / report['global_batch'] / 1e9:.4f} per image)")
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def compile_report(config: ml_collections.ConfigDict, stage: str, mesh: jax.shar
   """
   config = stage_config(config, stage)
   trainer = build_trainer(config, stage, mesh, workdir, frozen_models)
-  compiled = trainer.lower().compile()
+  compiled = trainer.compiled_step()
   return {"stage": stage, "mesh_shape": dict(mesh.shape), "global_batch": int(config.train.batch_size),
           **compiled_stats(compiled), "compiled": compiled}
 

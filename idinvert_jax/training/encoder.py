@@ -13,7 +13,6 @@ exactly what one device would compute on the whole batch. Everything else is pla
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from typing import Any, Iterator
@@ -87,6 +86,7 @@ class EncoderTrainer:
     self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.frozen_shardings,
                                                               self.images_sharding),
                               out_shardings=(self.state_shardings, replicate), donate_argnums=(0,))
+    self._compiled = None
     self._reconstruct = jax.jit(self._reconstruct_fn)
 
   # ----- state -----
@@ -126,6 +126,16 @@ class EncoderTrainer:
     frozen = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), self.frozen,
                           self.frozen_shardings)
     return self.train_step.lower(self.abstract_state(), frozen, self.abstract_images())
+
+  def compiled_step(self):
+    """The train step compiled ahead of time once per trainer (its cost_analysis() gives FLOPs per step)."""
+    if self._compiled is None:
+      self._compiled = self.lower().compile()
+    return self._compiled
+
+  def run_step(self, state, images):
+    """One training step with the AOT-compiled executable (batches are moved onto the batch sharding)."""
+    return self.compiled_step()(state, self.frozen, mesh_lib.shard_batch(images, self.images_sharding))
 
   # ----- the step -----
   def _encode_train(self, params, batch_stats, images):
@@ -212,14 +222,10 @@ class EncoderTrainer:
             "discriminator": state["discriminator"]}
 
   def stage(self) -> loop.Stage:
-    return loop.Stage(name="encoder", init_state=self.init_state,
-                      train_step=functools.partial(_call_with_frozen, self.train_step, self.frozen),
+    return loop.Stage(name="encoder", init_state=self.init_state, abstract_state=self.abstract_state,
+                      train_step=self.run_step,
                       export_variables=self.export_variables, sample_rows=self.sample_rows,
                       sample_row_labels=("input", "recon"))
-
-
-def _call_with_frozen(step_fn, frozen, state, images):
-  return step_fn(state, frozen, images)
 
 
 def load_frozen_models(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -246,7 +252,7 @@ def train_encoder(config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.
   frozen_models = frozen_models if frozen_models is not None else load_frozen_models(config, workdir)
   trainer = EncoderTrainer(config, mesh, **frozen_models)
   if data_iterator is None:
-    from idinvert_jax.data import make_train_iterator  # pylint: disable=import-outside-toplevel
+    from idinvert_jax.data.pipeline import make_train_iterator  # pylint: disable=import-outside-toplevel
     data_iterator = make_train_iterator(config.data, int(config.model.resolution), int(tcfg.batch_size), mesh,
                                         int(tcfg.seed), bool(tcfg.mirror))
   return loop.run(trainer.stage(), config=config, workdir=workdir, data_iterator=data_iterator,

@@ -76,6 +76,7 @@ class GanTrainer:
                               out_shardings=(self.state_shardings, replicate), donate_argnums=(0,))
     self.sample_z = jax.random.normal(jax.random.PRNGKey(int(self.tcfg.seed) + 1),
                                       (int(self.tcfg.num_samples), self.generator.z_dim), jnp.float32)
+    self._compiled = None
     self._sample = jax.jit(self._sample_fn)
 
   # ----- state -----
@@ -110,6 +111,16 @@ class GanTrainer:
   def lower(self):
     """The train step lowered for abstract inputs (nothing runs): .compile() for the AOT check."""
     return self.train_step.lower(self.abstract_state(), self.abstract_images())
+
+  def compiled_step(self):
+    """The train step compiled ahead of time once per trainer (its cost_analysis() gives FLOPs per step)."""
+    if self._compiled is None:
+      self._compiled = self.lower().compile()
+    return self._compiled
+
+  def run_step(self, state, images):
+    """One training step with the AOT-compiled executable (batches are moved onto the batch sharding)."""
+    return self.compiled_step()(state, mesh_lib.shard_batch(images, self.images_sharding))
 
   # ----- the step -----
   def _fake_codes(self, g_vars, rng):
@@ -193,8 +204,8 @@ class GanTrainer:
     return {"generator": state["generator_ema"], "discriminator": state["discriminator"]}
 
   def stage(self) -> loop.Stage:
-    return loop.Stage(name="gan", init_state=self.init_state, train_step=self.train_step,
-                      export_variables=self.export_variables, sample_rows=self.sample_rows,
+    return loop.Stage(name="gan", init_state=self.init_state, abstract_state=self.abstract_state,
+                      train_step=self.run_step, export_variables=self.export_variables, sample_rows=self.sample_rows,
                       sample_row_labels=("G_ema", "real"))
 
 
@@ -206,7 +217,7 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.shar
   mesh_lib.check_batch_size(int(tcfg.batch_size), mesh)
   trainer = GanTrainer(config, mesh)
   if data_iterator is None:
-    from idinvert_jax.data import make_train_iterator  # pylint: disable=import-outside-toplevel
+    from idinvert_jax.data.pipeline import make_train_iterator  # pylint: disable=import-outside-toplevel
     data_iterator = make_train_iterator(config.data, int(config.model.resolution), int(tcfg.batch_size), mesh,
                                         int(tcfg.seed), bool(tcfg.mirror))
   return loop.run(trainer.stage(), config=config, workdir=workdir, data_iterator=data_iterator,

@@ -30,13 +30,15 @@ class Stage:
   """What a training stage gives the loop.
 
   name: 'gan' or 'encoder' (checkpoint sub-folder, log tag).
-  init_state: () -> sharded train state pytree (a dict with at least 'step').
-  train_step: (state, images) -> (state, metrics dict of scalars); jitted with shardings.
+  init_state: () -> sharded train state pytree (a dict with at least 'step'), used when nothing to resume.
+  abstract_state: () -> the same tree as jax.ShapeDtypeStruct with shardings (restore target; nothing runs).
+  train_step: (state, images) -> (state, metrics dict of scalars); compiled with shardings.
   export_variables: state -> {model name: variables} for checkpoint.save_models.
   sample_rows: (state, images) -> rows of [-1, 1] HWC images for the PNG grid (or None).
   """
   name: str
   init_state: Callable[[], Any]
+  abstract_state: Callable[[], Any]
   train_step: Callable[[Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
   export_variables: Callable[[Any], dict[str, Any]]
   sample_rows: Callable[[Any, jax.Array], list] | None = None
@@ -59,10 +61,11 @@ def run(stage: Stage, *, config: Any, workdir: str, data_iterator: Iterator[jax.
   workdir = os.path.abspath(workdir)
   checkpointer = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints", stage.name),
                                                  max_to_keep=keep_checkpoints)
-  state = stage.init_state()
-  restored = checkpointer.restore_latest(state)
+  restored = checkpointer.restore_latest(stage.abstract_state())
   start_step = 0
-  if restored is not None:
+  if restored is None:
+    state = stage.init_state()
+  else:
     start_step, state, data_state = restored
     if data_state is not None and hasattr(data_iterator, "set_state"):
       data_iterator.set_state(data_state)

@@ -87,6 +87,16 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def shard_batch(images, sharding: NamedSharding) -> jax.Array:
+  """Puts a batch on `sharding` unless it already is there (the data pipeline yields it that way)."""
+  if isinstance(images, jax.Array) and images.sharding.is_equivalent_to(sharding, images.ndim):
+    return images
+  if jax.process_count() > 1:
+    raise ValueError("multi-process training needs globally sharded jax.Array batches (use "
+                     "idinvert_jax.data.pipeline.make_train_iterator)")
+  return jax.device_put(images, sharding)
+
+
 def data_axis_size(mesh: Mesh) -> int:
   return mesh.shape[DATA_AXIS]
 
