@@ -1,5 +1,6 @@
 """Every image source yields the same preprocessed array for the same image; inputs expand predictably; user
 errors (empty folder, missing path, unprepared TFDS dataset, bad arrays) are one-line messages naming the path."""
+import pickle
 import socket
 
 import numpy as np
@@ -186,3 +187,18 @@ def test_synthetic_source_labels_match_renderer():
   for name, values in source.labels().items():
     np.testing.assert_array_equal(values, labels[name])
   np.testing.assert_array_equal(source.read(3)[1], images[3])
+
+
+def test_synthetic_block_cache_matches_one_by_one_rendering():
+  cached = sources.SyntheticSource(10, RESOLUTION, SEED, block=4)
+  uncached = sources.SyntheticSource(10, RESOLUTION, SEED, cache_bytes=0)
+  assert cached.cached and not uncached.cached
+  for index in (9, 0, 3, 4, 8, 9):  # Out of order, across block boundaries, the short last block.
+    np.testing.assert_array_equal(cached.read(index)[1], uncached.read(index)[1])
+    assert cached.read(index)[0] == uncached.read(index)[0] == f"synthetic_{SEED}_{index:06d}"
+  assert sorted(cached._blocks) == [0, 1, 2]  # pylint: disable=protected-access
+  clone = pickle.loads(pickle.dumps(cached))  # As sent to grain worker processes: the cache is not copied.
+  assert clone._blocks == {}  # pylint: disable=protected-access
+  np.testing.assert_array_equal(clone.read(5)[1], uncached.read(5)[1])
+  with pytest.raises(IndexError):
+    cached.read(10)

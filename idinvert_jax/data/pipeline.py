@@ -25,7 +25,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
+from absl import flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from idinvert_jax.data import preprocess, sources
@@ -117,6 +117,8 @@ class TrainIterator:
     dataset = examples.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                          prefetch_buffer_size=prefetch_buffer_size))
     if worker_count > 0:
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags; scripts and Colab never parse them.
       dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     self._dataset = dataset
     self._iterator = iter(dataset)
@@ -165,6 +167,18 @@ class TrainIterator:
     global_shape = (self.global_batch_size,) + local.shape[1:]
     images = jax.make_array_from_process_local_data(self.sharding, local, global_shape)
     return _to_float(images)
+
+  def close(self) -> None:
+    """Stops grain's reader threads and worker processes (also done when the iterator is garbage collected)."""
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
 
   def summary(self) -> str:
     """One line for logs: how many batches were read and how many bad images were skipped."""

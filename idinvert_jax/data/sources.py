@@ -10,6 +10,7 @@ ordered, de-duplicated list of image paths.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -237,22 +238,61 @@ def _open_tfds(name: str, split: str, data_dir: str | None):
 
 
 class SyntheticSource:
-  """The procedural synthetic faces (see synthetic_faces.py), rendered on demand at the model resolution."""
+  """The procedural synthetic faces (see synthetic_faces.py), rendered on demand at the model resolution.
 
-  def __init__(self, num: int, resolution: int, seed: int = 0):
+  Images are rendered in blocks of `block` consecutive indices (vectorised rendering is several times cheaper
+  per image than one at a time) and kept while the whole dataset fits in `cache_bytes`; after the first epoch
+  training reads from memory. Larger datasets are rendered one image per read.
+  """
+
+  def __init__(self, num: int, resolution: int, seed: int = 0, cache_bytes: int = 2 << 30, block: int = 256):
     if num <= 0:
       raise EmptySourceError(f"synthetic faces: num={num}; set data.synthetic_num to a positive count")
     synthetic_faces._check_resolution(resolution)  # pylint: disable=protected-access
     self.num, self.resolution, self.seed = int(num), int(resolution), int(seed)
     self.description = f"synthetic:seed={seed},num={num}"
+    self.block = int(block)
+    self.cached = self.num * self.resolution**2 * 3 <= cache_bytes
+    self._init_cache()
+
+  def _init_cache(self) -> None:
+    self._blocks: dict[int, np.ndarray] = {}
+    self._locks: dict[int, threading.Lock] = {}
+    self._locks_lock = threading.Lock()
+
+  def __getstate__(self):  # Worker processes get their own (empty) cache; locks do not pickle.
+    state = dict(self.__dict__)
+    for key in ("_blocks", "_locks", "_locks_lock"):
+      state.pop(key)
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._init_cache()
 
   def __len__(self) -> int:
     return self.num
 
+  def _block_images(self, block_index: int) -> np.ndarray:
+    images = self._blocks.get(block_index)
+    if images is not None:
+      return images
+    with self._locks_lock:
+      lock = self._locks.setdefault(block_index, threading.Lock())
+    with lock:  # One thread renders a block; others reading it wait instead of rendering it again.
+      if block_index not in self._blocks:
+        start = block_index * self.block
+        count = min(self.block, self.num - start)
+        self._blocks[block_index] = synthetic_faces.render(count, self.resolution, self.seed, start=start)[0]
+      return self._blocks[block_index]
+
   def read(self, index: int) -> tuple[str, np.ndarray]:
     if not 0 <= index < self.num:
       raise IndexError(f"synthetic face {index} out of range 0..{self.num - 1}")
-    return f"synthetic_{self.seed}_{index:06d}", synthetic_faces.render_one(index, self.resolution, self.seed)[0]
+    name = f"synthetic_{self.seed}_{index:06d}"
+    if self.cached:
+      return name, self._block_images(index // self.block)[index % self.block]
+    return name, synthetic_faces.render_one(index, self.resolution, self.seed)[0]
 
   def labels(self) -> dict[str, np.ndarray]:
     """Ground-truth attributes of all images (float32 [num] each)."""
