@@ -198,3 +198,13 @@ def test_unknown_resize_mode_is_a_clear_error():
     preprocess.resize_image(_rgb_noise(), 16, "stretch")
   with pytest.raises(ValueError, match="lanczos"):
     preprocess.resize_image(_rgb_noise(), 16, resample="nearest-ish")
+
+
+def test_load_images_makes_names_unique(tmp_path):
+  for folder in ("a", "b"):
+    (tmp_path / folder).mkdir()
+    Image.fromarray(_rgb_noise(32, 32)).save(tmp_path / folder / "x.png")
+  Image.fromarray(_rgb_noise(32, 32)).save(tmp_path / "x_2.png")
+  names, images, failures = preprocess.load_images(
+      [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "x_2.png"], 32)
+  assert names == ["x", "x_2", "x_2_2"] and len(images) == 3 and not failures

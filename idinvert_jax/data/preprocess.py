@@ -177,14 +177,21 @@ def load_images(paths: Sequence[str | os.PathLike], resolution: int, resize: str
   """Loads a small batch of images, skipping bad ones.
 
   Returns (names, images float32 [N, R, R, 3] in [-1, 1], failures [(path, message)]). `names` are the file
-  stems of the loaded images, in input order.
+  stems of the loaded images in input order, made unique (a/x.png, b/x.png -> x, x_2) so outputs named after
+  them never overwrite each other.
   """
-  names, images, failures = [], [], []
+  names, images, failures, used = [], [], [], set()
   for path in paths:
     try:
       images.append(load_image(path, resolution, resize, **kwargs))
-      names.append(Path(path).stem)
     except ImageError as e:
       failures.append((str(path), str(e)))
+      continue
+    name, copy = Path(path).stem, 1
+    while name in used:
+      copy += 1
+      name = f"{Path(path).stem}_{copy}"
+    used.add(name)
+    names.append(name)
   array = np.stack(images) if images else np.zeros((0, resolution, resolution, 3), np.float32)
   return names, array, failures
