@@ -279,7 +279,7 @@ def _draw(f: dict[str, np.ndarray], resolution: int, windowed: bool = True) -> n
   nostrils = _cover(_ellipse(x, y, nose_x, cy + 0.24 * ry, 0.05 * s, 0.014 * s), pixel)
   canvas = _over(canvas, skin * 0.55, nostrils)
 
-  # Mouth: a parabola whose corners rise with smile; opens (dark inside, teeth) for broad smiles.
+  # Mouth: a parabola whose corners rise with smile; broad smiles (> 0.4) open to show the teeth.
   smile = _col(f["smile"])
   mouth_x, mouth_squash = feature_x(0.0)
   mouth_y = cy + 0.48 * ry
