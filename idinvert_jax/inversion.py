@@ -104,6 +104,9 @@ class ModelFns(NamedTuple):
   w_dim: int
   resolution: int
   w_avg: np.ndarray | None = None
+  # Hashable identity of the three functions (e.g. the flax modules): engines, and so compilations, are shared
+  # by every ModelFns with an equal key whatever their variables. None: keyed on the variables object.
+  key: Any = None
 
 
 def _find_leaf(tree, name: str):
@@ -155,7 +158,8 @@ def model_fns(models) -> ModelFns:
                "perceptual": models.perceptual_vars}
   w_avg = _find_leaf(models.generator_vars.get("buffers"), "w_avg")
   return ModelFns(synthesize, encode, features, variables, num_layers, w_dim, resolution,
-                  None if w_avg is None else np.asarray(w_avg, np.float32))
+                  None if w_avg is None else np.asarray(w_avg, np.float32),
+                  key=("models", G, E if encode else None, F if features else None))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -306,9 +310,7 @@ class _Engine:
     replicated = NamedSharding(self.mesh, P())
     self.batch_sharding, self.replicated = batch, replicated
     self.optimizer = optax.adam(s.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
-    self.variables = jax.device_put(
-        _cast_floating(fns.variables, jnp.dtype(s.precision)) if s.precision != "float32" else fns.variables,
-        replicated)
+    self._variables = (None, None)
 
     self.prepare = jax.jit(self._prepare, in_shardings=(replicated, batch, batch), out_shardings=batch)
     self.run_chunk = jax.jit(self._run_chunk, in_shardings=(replicated, batch, batch, replicated),
@@ -317,6 +319,17 @@ class _Engine:
     self.render = jax.jit(self._render, in_shardings=(replicated, batch), out_shardings=batch)
     self.loss_and_grad = jax.jit(self._loss_and_grad, in_shardings=(replicated, batch, batch),
                                  out_shardings=batch)
+
+  def device_variables(self, fns: ModelFns):
+    """fns.variables in the compute dtype, replicated over the mesh (the last set is kept)."""
+    if self._variables[0] is not fns.variables:
+      v = fns.variables
+      if self.s.precision != "float32":
+        v = _cast_floating(v, jnp.dtype(self.s.precision))
+      w_avg = fns.w_avg if fns.w_avg is not None else np.zeros((fns.w_dim,), np.float32)
+      v = {**v, "w_avg": np.asarray(w_avg, np.float32)}  # A jit argument: engines are shared across weights.
+      self._variables = (fns.variables, jax.device_put(v, self.replicated))
+    return self._variables[1]
 
   # Everything below is traced under jit; per-image functions are vmapped over the batch.
 
@@ -336,7 +349,7 @@ class _Engine:
       enc_codes = jnp.full((n, fns.num_layers, fns.w_dim), jnp.nan, jnp.float32)
       enc_recs = jnp.full(images.shape, jnp.nan, jnp.float32)
     if s.init == "mean" and s.method != "encoder":
-      init = jnp.broadcast_to(jnp.asarray(fns.w_avg, jnp.float32), (n, fns.num_layers, fns.w_dim))
+      init = jnp.broadcast_to(variables["w_avg"], (n, fns.num_layers, fns.w_dim))
     else:
       init = enc_codes
     if s.loss_weight_feat:
@@ -380,10 +393,11 @@ _ENGINES: dict = {}
 
 
 def _engine(fns: ModelFns, s: _Settings, devices) -> _Engine:
-  """Reuses compiled engines for the same models object, settings and devices (keeps 4)."""
-  key = (id(fns.variables), s, tuple(d.id for d in devices))
+  """Reuses compiled engines for the same model functions, settings and devices (keeps 4)."""
+  s = dataclasses.replace(s, num_iterations=0)  # The step count is a runtime argument, not compiled in.
+  key = (fns.key if fns.key is not None else id(fns.variables), s, tuple(d.id for d in devices))
   hit = _ENGINES.get(key)
-  if hit is not None and hit.fns.variables is fns.variables:
+  if hit is not None and (fns.key is not None or hit.fns.variables is fns.variables):
     return hit
   if len(_ENGINES) >= 4:
     _ENGINES.pop(next(iter(_ENGINES)))
@@ -448,7 +462,7 @@ def _check_images(images: np.ndarray, mask: np.ndarray | None, resolution: int):
 
 
 def invert(images, models, config, mask=None, progress: bool = True,
-           devices: Sequence[jax.Device] | None = None) -> InversionResult:
+           devices: Sequence[jax.Device] | None = None, pad_to_batch_size: bool = False) -> InversionResult:
   """Inverts `images` [N,H,W,3] in [-1,1] with the models of a `checkpoint.Models` bundle.
 
   Args:
@@ -459,6 +473,8 @@ def invert(images, models, config, mask=None, progress: bool = True,
     mask: optional [N, H, W, 1] per-image mask for the pixel and perceptual terms (semantic diffusion).
     progress: show a tqdm bar over the optimisation steps.
     devices: devices of the 'data' mesh (default: all of jax.devices()).
+    pad_to_batch_size: pad every batch to the full (device-rounded) batch_size, so that callers feeding
+      batches of varying size (a job's last batch) reuse one compilation.
 
   Returns:
     InversionResult (numpy arrays, input order).
@@ -475,6 +491,8 @@ def invert(images, models, config, mask=None, progress: bool = True,
   n = images.shape[0]
   ndev = len(devices)
   batch_size = max(1, int(section.batch_size))
+  if not pad_to_batch_size:
+    batch_size = min(batch_size, n)  # One batch shape for the whole call: one compilation.
   batch_size = -(-batch_size // ndev) * ndev  # Round up to a multiple of the device count.
   steps = snapshot_steps(s.num_iterations, int(section.num_results)) if s.optimises else []
   chunk = max(1, int(section.chunk_size))
@@ -488,10 +506,10 @@ def invert(images, models, config, mask=None, progress: bool = True,
   try:
     for lo in range(0, n, batch_size):
       hi = min(n, lo + batch_size)
-      padded = -(-(hi - lo) // ndev) * ndev
+      padded = batch_size if pad_to_batch_size else -(-(hi - lo) // ndev) * ndev
       x = _pad_rows(images[lo:hi], padded)
       m = np.ones(x.shape[:3] + (1,), np.float32) if mask is None else _pad_rows(mask[lo:hi], padded)
-      parts.append(_invert_batch(engine, x, m, steps, chunk, bar, hi - lo))
+      parts.append(_invert_batch(engine, engine.device_variables(fns), s, x, m, steps, chunk, bar, hi - lo))
   finally:
     if bar is not None:
       bar.close()
@@ -532,19 +550,19 @@ def loss_and_grad(codes, images, models, config, mask=None, devices=None) -> tup
   m = np.ones(x.shape[:3] + (1,), np.float32) if mask is None else _pad_rows(np.asarray(mask, np.float32), padded)
   x_dev = jax.device_put(x, engine.batch_sharding)
   m_dev = jax.device_put(m, engine.batch_sharding)
-  feats = engine.prepare(engine.variables, x_dev, m_dev)["feats"]
+  variables = engine.device_variables(fns)
+  feats = engine.prepare(variables, x_dev, m_dev)["feats"]
   w = jax.device_put(_pad_rows(np.asarray(codes, np.float32), padded), engine.batch_sharding)
-  losses, grads = engine.loss_and_grad(engine.variables, w, dict(targets=x_dev, feats=feats, masks=m_dev))
+  losses, grads = engine.loss_and_grad(variables, w, dict(targets=x_dev, feats=feats, masks=m_dev))
   return {k: np.asarray(v)[:n] for k, v in losses._asdict().items()}, np.asarray(grads)[:n]
 
 
-def _invert_batch(engine: _Engine, x: np.ndarray, m: np.ndarray, snap_steps: list[int], chunk: int, bar,
-                  real: int) -> dict:
+def _invert_batch(engine: _Engine, variables, s: _Settings, x: np.ndarray, m: np.ndarray, snap_steps: list[int],
+                  chunk: int, bar, real: int) -> dict:
   """Runs one padded batch; returns numpy results with the padding removed."""
-  s = engine.s
   x_dev = jax.device_put(x, engine.batch_sharding)
   m_dev = jax.device_put(m, engine.batch_sharding)
-  prep = engine.prepare(engine.variables, x_dev, m_dev)
+  prep = engine.prepare(variables, x_dev, m_dev)
   state = dict(w=prep["w"], opt_state=prep["opt_state"])
   batch = dict(targets=x_dev, feats=prep["feats"], masks=m_dev)
   snapshots, history = [], []
@@ -553,17 +571,17 @@ def _invert_batch(engine: _Engine, x: np.ndarray, m: np.ndarray, snap_steps: lis
     bounds = sorted(set(range(chunk, s.num_iterations, chunk)) | set(snap_steps) | {s.num_iterations})
     done = 0
     for bound in bounds:
-      state, losses = engine.run_chunk(engine.variables, state, batch,
+      state, losses = engine.run_chunk(variables, state, batch,
                                        jax.device_put(np.int32(bound - done), engine.replicated))
       losses = {k: np.asarray(v)[:real] for k, v in losses._asdict().items()}
       history.append((bound, losses))
       if bound in snap_steps:
-        snapshots.append((bound, np.asarray(engine.render(engine.variables, state["w"]))[:real]))
+        snapshots.append((bound, np.asarray(engine.render(variables, state["w"]))[:real]))
       if bar is not None:
         bar.update(bound - done)
         bar.set_postfix({k: f"{float(np.mean(v)):.4g}" for k, v in losses.items()})
       done = bound
-  losses, recs = engine.evaluate(engine.variables, state["w"], batch)
+  losses, recs = engine.evaluate(variables, state["w"], batch)
   return dict(
       codes=np.asarray(state["w"])[:real], recs=np.asarray(recs)[:real],
       enc_codes=np.asarray(prep["enc_codes"])[:real], enc_recs=np.asarray(prep["enc_recs"])[:real],

@@ -38,7 +38,6 @@ from idinvert_jax import files, inversion
 
 PARTS_DIR = ".parts"
 SETTINGS_FILE = "settings.json"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 # The official CLI's flag names, in config.invert.
 OFFICIAL_FLAGS = ("method", "num_iterations", "learning_rate", "loss_weight_feat", "loss_weight_enc",
                   "batch_size", "num_results", "precision")
@@ -52,35 +51,10 @@ class InvertJobError(ValueError):
 # Inputs.
 
 
-def _expand_local(paths: Sequence[str | Path]) -> list[Path]:
-  """Files as given, folders -> their image files (sorted), .txt -> one path per line (relative to the list)."""
-  out: list[Path] = []
-  for raw in paths:
-    path = Path(raw)
-    if path.is_dir():
-      out.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-    elif path.suffix.lower() == ".txt" and path.is_file():
-      for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-          item = Path(line)
-          out.append(item if item.is_absolute() else (path.parent / item))
-    elif path.exists():
-      out.append(path)
-    else:
-      raise InvertJobError(f"--images: {path} does not exist; pass image files, folders or .txt lists.")
-  return out
-
-
 def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
-  """The project's input expansion (idinvert_jax.data) when present, else the local equivalent."""
-  try:
-    from idinvert_jax.data import expand_inputs as data_expand  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    data_expand = None
-  if data_expand is not None:
-    return [Path(p) for p in data_expand(paths)]
-  return _expand_local(paths)
+  """Files, folders (recursive, sorted) and .txt lists -> image paths in input order (idinvert_jax.data)."""
+  from idinvert_jax import data  # pylint: disable=g-import-not-at-top
+  return [Path(p) for p in data.expand_inputs(paths)]
 
 
 def unique_names(paths: Sequence[Path]) -> list[str]:
@@ -235,10 +209,7 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
   settings = invert_settings(config, overrides)
   inversion.validate(models, settings)  # Mismatched checkpoint / missing encoder: fail before any work.
   resolution = int(models.config.model.resolution)
-  paths = expand_inputs(images)
-  if not paths:
-    raise InvertJobError(f"--images {list(map(str, images))} holds no image files; pass files, folders with "
-                         f"{'/'.join(IMAGE_SUFFIXES)} files, or .txt lists.")
+  paths = expand_inputs(images)  # Raises (one line) for missing paths or no images at all.
   names = unique_names(paths)
   sources = [str(p.resolve()) for p in paths]
 

@@ -138,7 +138,7 @@ def test_sharded_over_8_devices_equals_one_device_and_drops_padding(fns):
 
 def test_a_few_steps_reduce_the_loss_and_snapshots_follow_the_official_steps(fns):
   x = _targets(4)
-  c = _config(num_iterations=30, chunk_size=7, num_results=3, learning_rate=0.02)
+  c = _config(num_iterations=30, chunk_size=7, num_results=3)
   result = inversion.invert(x, fns, c, progress=False, devices=jax.devices()[:1])
   start_losses, _ = inversion.loss_and_grad(result.encoder_codes, x, fns, c)
   assert np.all(result.losses["total"] < start_losses["total"])

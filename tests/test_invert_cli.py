@@ -1,0 +1,135 @@
+"""invert.py / run_inversion on a tiny checkpoint: official output layout, resume, bad inputs, early errors."""
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import tiny
+from idinvert_jax import checkpoint, inversion, invert_cli
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = dict(num_iterations=2, num_results=2, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def config():
+  return tiny.get_config()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, config):
+  models = checkpoint.create_models(config, jax.random.key(0), names=("generator", "encoder"))
+  return checkpoint.save_models(tmp_path_factory.mktemp("ckpt"), config, models.variables())
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory, config):
+  """Three good images (one 40x48, resized on load) and one broken file, in a folder."""
+  folder = tmp_path_factory.mktemp("images")
+  rng = np.random.default_rng(0)
+  for name, shape in (("a", (32, 32, 3)), ("b", (48, 40, 3)), ("c", (32, 32, 3))):
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f"{name}.png")
+  (folder / "broken.png").write_bytes(b"this is not a png")
+  return folder
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, ckpt, image_dir):
+  out = tmp_path_factory.mktemp("job") / "out"
+  summary = invert_cli.run_inversion(ckpt, [image_dir], out, overrides=SETTINGS, progress=False)
+  return out, summary
+
+
+def test_writes_the_official_layout_in_input_order(job, image_dir, config):
+  out, summary = job
+  layers, w_dim = 2 * (5 - 1), config.model.generator.w_dim
+  codes = np.load(out / "inverted_codes.npy")
+  assert codes.shape == (3, layers, w_dim) and codes.dtype == np.float32
+  assert np.load(out / "encoded_codes.npy").shape == (3, layers, w_dim)
+  assert not np.allclose(codes, np.load(out / "encoded_codes.npy"))  # the optimisation moved the codes
+  listed = (out / "image_list.txt").read_text().splitlines()
+  assert [Path(p).name for p in listed] == ["a.png", "b.png", "c.png"]
+  for name in "abc":
+    for suffix in ("ori", "enc", "step000001", "inv"):
+      image = np.asarray(Image.open(out / f"{name}_{suffix}.png"))
+      assert image.shape == (32, 32, 3), (name, suffix)
+  assert not (out / "a_step000002.png").exists()  # the last step is the _inv image
+  rows = list(csv.DictReader(open(out / "metrics.csv")))
+  assert [r["name"] for r in rows] == ["a", "b", "c"]
+  for r in rows:
+    assert float(r["mse"]) > 0 and float(r["psnr"]) > 0 and -1 <= float(r["ssim"]) <= 1
+    assert float(r["seconds"]) > 0 and float(r["encoder_mse"]) > 0
+    assert r["perceptual"] == "" and "no VGG16 weights" in r["note"]
+  page = (out / "index.html").read_text()
+  assert all(f"{n}_{s}.png" in page for n in "abc" for s in ("ori", "enc", "step000001", "inv"))
+  assert summary.num_done == 3 and summary.num_inverted == 3 and summary.num_skipped == 0
+
+
+def test_a_bad_file_is_skipped_and_named(job, image_dir):
+  out, summary = job
+  assert [Path(p).name for p, _ in summary.failed] == ["broken.png"]
+  assert str(image_dir / "broken.png") in (out / "failed.txt").read_text()
+
+
+def test_codes_match_the_engine_on_the_same_pixels(job, ckpt):
+  """The job's code for an image is what invert() gives for that image's loaded pixels."""
+  out, _ = job
+  models = checkpoint.load_models(ckpt)
+  x = np.asarray(Image.open(out / "c_ori.png"), np.float32) / 127.5 - 1
+  settings = invert_cli.invert_settings(models.config, SETTINGS)
+  result = inversion.invert(x[None], models, settings, progress=False)
+  # _ori.png holds exactly the loaded uint8 pixels; c was inverted alone (its batch-mate was the broken file).
+  np.testing.assert_allclose(np.load(out / "inverted_codes.npy")[2], result.codes[0], atol=1e-5)
+
+
+def test_rerun_skips_done_images_and_a_lost_batch_is_redone(job, ckpt, image_dir, tmp_path, monkeypatch):
+  out = tmp_path / "out"
+  shutil.copytree(job[0], out)
+  calls = []
+  real_invert = inversion.invert
+  monkeypatch.setattr(inversion, "invert", lambda x, *a, **k: calls.append(len(x)) or real_invert(x, *a, **k))
+  before = {p.name: p.stat().st_mtime_ns for p in out.glob("*_inv.png")}
+  summary = invert_cli.run_inversion(ckpt, [image_dir], out, overrides=SETTINGS, progress=False)
+  assert calls == [] and summary.num_skipped == 3 and summary.num_done == 3
+  assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_inv.png")} == before
+  # A run killed during its last batch has no part file for it: only that batch is redone.
+  parts = sorted((out / invert_cli.PARTS_DIR).glob("batch_*.npz"))
+  last = np.load(parts[-1])["names"].tolist()
+  parts[-1].unlink()
+  summary = invert_cli.run_inversion(ckpt, [image_dir], out, overrides=SETTINGS, progress=False)
+  assert calls == [len(last)] and summary.num_inverted == len(last) and summary.num_done == 3
+  np.testing.assert_allclose(np.load(out / "inverted_codes.npy"), np.load(job[0] / "inverted_codes.npy"),
+                             atol=1e-5)
+  # Other settings on the same folder: refused unless --overwrite.
+  with pytest.raises(invert_cli.InvertJobError, match="--overwrite"):
+    invert_cli.run_inversion(ckpt, [image_dir], out, overrides=dict(SETTINGS, num_iterations=3), progress=False)
+
+
+def test_checkpoint_problems_fail_before_any_work(tmp_path, config, image_dir):
+  gen_only = checkpoint.create_models(config, jax.random.key(1), names=("generator",))
+  path = checkpoint.save_models(tmp_path / "gen_only", config, gen_only.variables())
+  out = tmp_path / "never"
+  with pytest.raises(inversion.InversionError, match="needs an encoder"):
+    invert_cli.run_inversion(path, [image_dir], out, overrides=SETTINGS, progress=False)
+  other = tiny.get_config()
+  other.model.resolution = 16
+  with pytest.raises(checkpoint.CheckpointError, match="resolution"):
+    invert_cli.run_inversion(path, [image_dir], out, config=other, overrides=SETTINGS, progress=False)
+  assert not out.exists()
+
+
+def test_invert_py_reports_a_missing_checkpoint_in_one_line(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, str(REPO / "invert.py"), "--checkpoint", str(tmp_path / "nope"),
+                         "--images", str(tmp_path), "--output", str(tmp_path / "out")],
+                        capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("invert.py: error:") and "does not exist" in last, proc.stderr[-2000:]
