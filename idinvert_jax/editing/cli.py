@@ -13,6 +13,7 @@ the edited codes as .npy (all atomically).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import math
 import re
@@ -48,13 +49,23 @@ def generator_shape(models) -> tuple[int, int, int]:
   return int(G.num_layers), int(G.w_dim), int(G.resolution)
 
 
-def make_renderer(models, batch_size: int = 8) -> Callable[[np.ndarray], np.ndarray]:
-  """codes [M, L, D] -> images [M, H, W, 3] in [-1, 1], one compiled synthesis for every fixed-size batch."""
+@functools.lru_cache(maxsize=None)
+def _jitted(name: str):
+  """Compiled generator functions with the module as a static argument: modules built from equal configs are
+  equal, so every command (and every test) in one process shares one compilation per shape."""
   import jax
   from idinvert_jax.models import generator as generator_lib
 
+  if name == "synthesize":
+    return jax.jit(lambda G, v, wp: generator_lib.synthesize(G, v, wp), static_argnums=0)
+  return jax.jit(lambda G, v, z, psi, layers: generator_lib.truncate(G, v, generator_lib.mapping(G, v, z), psi,
+                                                                     layers), static_argnums=(0, 3, 4))
+
+
+def make_renderer(models, batch_size: int = 8) -> Callable[[np.ndarray], np.ndarray]:
+  """codes [M, L, D] -> images [M, H, W, 3] in [-1, 1], one compiled synthesis for every fixed-size batch."""
   G, variables = models.generator, models.generator_vars
-  synthesize = jax.jit(lambda v, wp: generator_lib.synthesize(G, v, wp))
+  synthesize = functools.partial(_jitted("synthesize"), G)
 
   def render(codes: np.ndarray) -> np.ndarray:
     codes = np.asarray(codes, np.float32)
@@ -366,12 +377,8 @@ def _import_callable(spec: str) -> Callable:
 def sample_codes(models, num: int, seed: int, truncation_psi: float | None, truncation_layers: int | None,
                  batch_size: int) -> np.ndarray:
   """z ~ N(0, I) -> mapping -> truncation (generator defaults unless given): [num, L, D] W+ codes."""
-  import jax
-  from idinvert_jax.models import generator as generator_lib
-
   G, variables = models.generator, models.generator_vars
-  to_wp = jax.jit(lambda v, z: generator_lib.truncate(G, v, generator_lib.mapping(G, v, z),
-                                                      truncation_psi, truncation_layers))
+  to_wp = lambda v, z: _jitted("map_and_truncate")(G, v, z, truncation_psi, truncation_layers)
   z = np.random.default_rng(seed).standard_normal((num, G.z_dim)).astype(np.float32)
   codes = []
   for lo in range(0, num, batch_size):
@@ -423,7 +430,8 @@ def run_train_boundary(args: argparse.Namespace) -> Path:
     raise EditError(f"train-boundary: {scores.shape[0]} scores for {codes.shape[0]} codes; give one per code "
                     "(in code order).")
   layers = parse_indices(args.layers, codes.shape[1], "--layers")
-  attribute = args.attribute or (Path(args.labels).stem if args.labels else args.classifier.partition(":")[2])
+  attribute = args.attribute or args.label_column or (Path(args.labels).stem if args.labels
+                                                      else args.classifier.partition(":")[2])
   boundary = boundaries.train_boundary(codes, scores, layers=layers, per_layer=args.per_layer, ratio=args.ratio,
                                        split=args.split, method=args.method, c=args.c, num_steps=args.num_steps,
                                        seed=args.seed, attribute=attribute)
@@ -511,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--label_column", default=None, help="CSV column holding the score (default: the last).")
   p.add_argument("--classifier", default="",
                  help="'module:function' mapping images [N,H,W,3] in [-1,1] to scores [N] (needs --checkpoint).")
-  p.add_argument("--attribute", default="", help="Name of the attribute (and of the .npz file).")
+  p.add_argument("--attribute", default="", help="Name of the attribute and of the .npz file (default: "
+                 "--label_column, the labels file's name, or the classifier's function name).")
   p.add_argument("--layers", default="", help="W+ layers the boundary lives on, e.g. '0-5' (default: all).")
   p.add_argument("--per_layer", action="store_true", help="One classifier per layer instead of one on all.")
   p.add_argument("--ratio", type=float, default=0.02,
