@@ -176,3 +176,17 @@ def test_read_scores_from_csv_and_npy(tmp_path):
     boundaries.read_scores(tmp_path / "named.csv", column="gender")
   np.save(tmp_path / "s.npy", np.array([[1.0], [2.0]]))
   np.testing.assert_array_equal(boundaries.read_scores(tmp_path / "s.npy"), [1, 2])
+
+
+def test_refuses_object_arrays_hiding_other_types(tmp_path):
+  structured = np.zeros((1,), dtype=[("f", object)])
+  with pytest.raises(pickle.UnpicklingError, match="is not allowed"):
+    boundaries.restricted_loads(pickle.dumps(structured, protocol=2))
+  # An object array whose elements came from somewhere else than the unpickler cannot be built: numpy refuses
+  # raw bytes for object dtypes, and the reader turns that into its own error.
+  crafted = pickle.dumps(np.zeros((2,), np.float64), protocol=2).replace(b"f8", b"O8")
+  buf = io.BytesIO()
+  np.lib.format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": ()})
+  (tmp_path / "raw.npy").write_bytes(buf.getvalue() + crafted)
+  with pytest.raises(boundaries.BoundaryFileError, match="refused to unpickle"):
+    boundaries.load_boundary(tmp_path / "raw.npy")

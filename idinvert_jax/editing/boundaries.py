@@ -73,10 +73,28 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
   return allowed
 
 
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-  """Builds numpy arrays, dtypes, scalars, dicts, lists, tuples, numbers and strings; refuses any other global."""
+def _check_dtype(dtype: np.dtype) -> None:
+  """Only plain bool/int/uint/float/complex/object dtypes whose state matches numpy's own.
+
+  A pickled dtype's state (flags, item size) is set by BUILD; a forged one can make numpy read raw bytes as
+  object pointers, so every dtype must equal the canonical dtype of its type string in every such field.
+  """
+  canonical = np.dtype(dtype.str)
+  if (dtype.kind not in "biufcO" or dtype.fields is not None or dtype.subdtype is not None
+      or dtype != canonical or dtype.flags != canonical.flags or dtype.itemsize != canonical.itemsize
+      or dtype.alignment != canonical.alignment):
+    raise pickle.UnpicklingError(f"dtype {dtype!r} (flags {dtype.flags}) is not allowed in a boundary file")
+
+
+class _ArrayOnlyUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
+  """Builds numpy arrays, dtypes, scalars, dicts, lists, tuples, numbers and strings; refuses any other global.
+
+  The pure-Python unpickler is used so that BUILD can be checked: a dtype's state is validated right after it
+  is set, before any array uses it.
+  """
 
   _ALLOWED = _allowed_globals()
+  dispatch = dict(pickle._Unpickler.dispatch)  # pylint: disable=protected-access
 
   def find_class(self, module: str, name: str):
     try:
@@ -86,6 +104,15 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
   def persistent_load(self, pid):
     raise pickle.UnpicklingError("persistent ids are not allowed in a boundary file")
+
+  def load_build(self):
+    target = self.stack[-2]  # BUILD pops the state (stack[-1]) and sets it on the object below.
+    if not isinstance(target, (np.ndarray, np.dtype)):
+      raise pickle.UnpicklingError(f"BUILD on {type(target).__name__} is not allowed in a boundary file")
+    pickle._Unpickler.load_build(self)  # pylint: disable=protected-access
+    _check_dtype(target if isinstance(target, np.dtype) else target.dtype)
+
+  dispatch[pickle.BUILD[0]] = load_build
 
 
 def restricted_loads(data: bytes) -> Any:
@@ -98,8 +125,9 @@ def restricted_loads(data: bytes) -> Any:
 def _check_plain(value: Any) -> None:
   """Object arrays built by the unpickler may only hold plain values (recursively)."""
   if isinstance(value, np.ndarray):
-    if value.dtype.hasobject:
-      for item in value.ravel().tolist() if value.dtype == object else ():
+    _check_dtype(value.dtype)
+    if value.dtype == object:
+      for item in value.ravel().tolist():
         _check_plain(item)
   elif isinstance(value, dict):
     for key, item in value.items():
@@ -128,7 +156,7 @@ def _read_npy(path: Path) -> Any:
       return np.load(f, allow_pickle=False)
     try:
       value = restricted_loads(f.read())
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as e:
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
       raise BoundaryFileError(f"{path}: refused to unpickle ({e}); only numpy arrays and plain dicts/lists are "
                               "accepted - re-save the boundary as a plain array or a project .npz.") from None
   if isinstance(value, np.ndarray) and value.shape == () and value.dtype == object:

@@ -26,7 +26,6 @@ import numpy as np
 from idinvert_jax import files
 from idinvert_jax import report
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # Rows per PNG grid: a long job is split over several pages of one HTML file.
 ROWS_PER_GRID = 16
 
@@ -85,12 +84,9 @@ def make_renderer(models, batch_size: int = 8) -> Callable[[np.ndarray], np.ndar
 
 
 def load_image(path, resolution: int) -> np.ndarray:
-  """An image file as float32 [R, R, 3] in [-1, 1] (the data package's loader)."""
+  """An image file as float32 [R, R, 3] in [-1, 1], resized as invert.py does."""
   from idinvert_jax import data
-  loader = getattr(data, "load_image", None)
-  if loader is None:
-    from idinvert_jax.data.preprocess import load_image as loader
-  return loader(path, resolution)
+  return data.load_image(path, resolution)
 
 
 def unique_names(paths: Sequence[Path]) -> list[str]:
@@ -148,21 +144,9 @@ def parse_indices(text: str | None, count: int | None = None, what: str = "indic
 
 
 def expand_images(entries: Sequence[str]) -> list[str]:
-  """Image paths from entries that are image files, folders (sorted images inside) or .txt lists."""
-  paths = []
-  for entry in entries:
-    path = Path(entry)
-    if path.is_dir():
-      paths.extend(str(p) for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
-    elif path.suffix.lower() == ".txt" and path.is_file():
-      paths.extend(line.strip() for line in path.read_text().splitlines() if line.strip())
-    elif path.is_file():
-      paths.append(str(path))
-    else:
-      raise FileNotFoundError(f"{entry} does not exist; pass image files, folders of images or .txt lists.")
-  if not paths:
-    raise EditError(f"no images found in {list(entries)}; pass image files, folders of images or .txt lists.")
-  return paths
+  """Image paths from entries that are image files, folders or .txt lists (as invert.py reads its inputs)."""
+  from idinvert_jax import data
+  return [str(path) for path in data.expand_inputs(entries)]
 
 
 def _blank(resolution: int) -> np.ndarray:
