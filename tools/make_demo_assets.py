@@ -1,0 +1,118 @@
+r"""Makes the demo's shipped assets.
+
+  python tools/make_demo_assets.py examples
+      renders assets/examples/*.png: synthetic faces of seed 12345 (training uses seed 0), 64 px, and writes
+      assets/examples/README.md with every image's attribute labels.
+  python tools/make_demo_assets.py boundaries --checkpoint assets/demo_checkpoint
+      trains the synthetic-faces attribute predictor, samples W+ codes from the checkpoint's generator, scores
+      the generated images and fits InterFaceGAN boundaries (smile, eyeglasses) into <checkpoint>/boundaries/.
+
+Both write atomically and print what they wrote; rerunning gives the same files.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from idinvert_jax import files  # noqa: E402
+from idinvert_jax.data import synthetic_faces  # noqa: E402
+
+# A seed the training configs never use (their data.synthetic_seed is 0), so the examples are held out.
+EXAMPLES_SEED = 12345
+EXAMPLES_RESOLUTION = 64
+# Faces 0..5 of seed 12345: they happen to include two with eyeglasses, smiles and frowns, so every demo edit
+# has something to act on.
+EXAMPLES_INDICES = tuple(range(6))
+BOUNDARY_ATTRIBUTES = ("smile", "eyeglasses")
+
+
+def example_name(index: int) -> str:
+  return f"face_{EXAMPLES_SEED}_{index:03d}.png"
+
+
+def make_examples(output: Path, indices=EXAMPLES_INDICES, seed: int = EXAMPLES_SEED,
+                  resolution: int = EXAMPLES_RESOLUTION) -> list[Path]:
+  """Renders the example faces as PNGs plus a README.md table of their labels; returns the PNG paths."""
+  paths, rows = [], []
+  names = list(synthetic_faces.ATTRIBUTES)
+  for index in indices:
+    image, labels = synthetic_faces.render_one(index, resolution, seed)
+    paths.append(files.atomic_save_png(output / example_name(index), image))
+    rows.append(f"| {example_name(index)} | {index} | " + " | ".join(f"{labels[n]:.2f}" for n in names) + " |")
+  readme = f"""# Example images for the demo
+
+Synthetic faces from the project's procedural renderer (`idinvert_jax/data/synthetic_faces.py`), rendered by
+
+    python tools/make_demo_assets.py examples
+
+which calls `synthetic_faces.render_one(index, {resolution}, seed={seed})` for the indices
+{', '.join(map(str, indices))} and saves each image as an 8-bit RGB PNG ({resolution} x {resolution} px).
+Seed {seed} is held out: the training configs render their faces from `config.data.synthetic_seed = 0`, so
+none of these faces were seen in training (the renderer draws every face from its own (seed, index) pair).
+The demo (`python -m idinvert_jax.demo`) inverts every PNG in this folder.
+
+Ground-truth labels (see the attribute table in `synthetic_faces.py`):
+
+| file | index | {' | '.join(names)} |
+|---|---|{'---|' * len(names)}
+""" + "\n".join(rows) + "\n"
+  files.atomic_write_text(output / "README.md", readme)
+  return paths
+
+
+def make_boundaries(checkpoint: Path, num_samples: int, classifier_images: int, classifier_steps: int,
+                    seed: int, batch_size: int = 64) -> list[Path]:
+  """Fits smile / eyeglasses boundaries for a checkpoint from predictor-scored generator samples."""
+  from idinvert_jax import checkpoint as ckpt
+  from idinvert_jax.editing import boundaries, cli
+  from idinvert_jax.metrics import attributes
+
+  models = ckpt.load_models(checkpoint, names=("generator",))
+  resolution = int(models.config.model.resolution)
+  module, variables, report = attributes.train_attribute_classifier(
+      max(resolution, synthetic_faces.MIN_RESOLUTION), classifier_images, classifier_steps, seed=seed + 1,
+      attributes=BOUNDARY_ATTRIBUTES)
+  print(f"attribute predictor: {report['attributes']}")
+  codes = cli.sample_codes(models, num_samples, seed, None, None, batch_size)
+  render = cli.make_renderer(models, batch_size)
+  images = np.concatenate([render(codes[lo:lo + batch_size]) for lo in range(0, num_samples, batch_size)])
+  scores = attributes.predict_attributes(module, variables, images)
+  written = []
+  for name in BOUNDARY_ATTRIBUTES:
+    boundary = boundaries.train_boundary(codes, scores[name], ratio=0.1, seed=seed, attribute=name)
+    boundary.meta.update(codes=f"sampled: {num_samples} codes, seed {seed}",
+                         scored_by="idinvert_jax.metrics.attributes predictor", predictor=report["attributes"][name])
+    written.append(boundaries.save_boundary(Path(checkpoint) / "boundaries" / f"{name}.npz", boundary))
+    print(f"{written[-1]}: validation accuracy {boundary.accuracy:.3f}")
+  return written
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser("examples", help="Render assets/examples/*.png and its README.md.")
+  p.add_argument("--output", default=str(REPO / "assets" / "examples"), help="Folder for the PNGs.")
+  p = sub.add_parser("boundaries", help="Train smile/eyeglasses boundaries into <checkpoint>/boundaries/.")
+  p.add_argument("--checkpoint", default=str(REPO / "assets" / "demo_checkpoint"), help="Model checkpoint.")
+  p.add_argument("--num_samples", type=int, default=10000, help="Generator samples scored by the predictor.")
+  p.add_argument("--classifier_images", type=int, default=4000, help="Faces the predictor is trained on.")
+  p.add_argument("--classifier_steps", type=int, default=1500, help="Predictor training steps.")
+  p.add_argument("--seed", type=int, default=0, help="Seed of the sampling and the predictor.")
+  args = parser.parse_args(argv)
+  if args.command == "examples":
+    for path in make_examples(Path(args.output)):
+      print(path)
+  else:
+    make_boundaries(Path(args.checkpoint), args.num_samples, args.classifier_images, args.classifier_steps,
+                    args.seed)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
