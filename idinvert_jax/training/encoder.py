@@ -80,13 +80,16 @@ class EncoderTrainer:
     # Frozen inputs travel as jit arguments (not constants baked into the program).
     self.frozen = jax.device_put({"generator": generator_vars, "perceptual": perceptual_vars}, replicate)
     rules = tuple(self.config.mesh.get("param_rules", ())) if "mesh" in self.config else ()
-    self.state_shardings = mesh_lib.param_shardings(jax.eval_shape(self._init_state_unsharded), mesh, rules)
+    self._state_shapes = jax.eval_shape(self._init_state_unsharded)
+    self.state_shardings = mesh_lib.param_shardings(self._state_shapes, mesh, rules)
     self.frozen_shardings = jax.tree.map(lambda _: replicate, self.frozen)
     self.images_sharding = mesh_lib.batch_sharding(mesh)
     self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.frozen_shardings,
                                                               self.images_sharding),
                               out_shardings=(self.state_shardings, replicate), donate_argnums=(0,))
     self._compiled = None
+    self._jitted_init = None
+    self._abstract_state = None
     self._reconstruct = jax.jit(self._reconstruct_fn)
 
   # ----- state -----
@@ -108,12 +111,15 @@ class EncoderTrainer:
     }
 
   def init_state(self) -> dict[str, Any]:
-    return jax.jit(self._init_state_unsharded, out_shardings=self.state_shardings)()
+    if self._jitted_init is None:  # one compile per trainer, however often a run starts fresh
+      self._jitted_init = jax.jit(self._init_state_unsharded, out_shardings=self.state_shardings)
+    return self._jitted_init()
 
   def abstract_state(self) -> Any:
-    shapes = jax.eval_shape(self._init_state_unsharded)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-                        self.state_shardings)
+    if self._abstract_state is None:
+      self._abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                          self._state_shapes, self.state_shardings)
+    return self._abstract_state
 
   def abstract_images(self) -> jax.ShapeDtypeStruct:
     res = int(self.config.model.resolution)

@@ -69,7 +69,8 @@ class GanTrainer:
     self.d_tx = make_optimizer(float(self.tcfg.d_learning_rate), self.tcfg)
     self.beta = ema_beta(self.batch_size, float(self.tcfg.ema_kimg))
     rules = tuple(config.mesh.get("param_rules", ())) if "mesh" in config else ()
-    self.state_shardings = mesh_lib.param_shardings(jax.eval_shape(self._init_state_unsharded), mesh, rules)
+    self._state_shapes = jax.eval_shape(self._init_state_unsharded)
+    self.state_shardings = mesh_lib.param_shardings(self._state_shapes, mesh, rules)
     replicate = mesh_lib.replicated(mesh)
     self.images_sharding = mesh_lib.batch_sharding(mesh)
     self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.images_sharding),
@@ -77,6 +78,8 @@ class GanTrainer:
     self.sample_z = jax.random.normal(jax.random.PRNGKey(int(self.tcfg.seed) + 1),
                                       (int(self.tcfg.num_samples), self.generator.z_dim), jnp.float32)
     self._compiled = None
+    self._jitted_init = None
+    self._abstract_state = None
     self._sample = jax.jit(self._sample_fn)
 
   # ----- state -----
@@ -96,12 +99,15 @@ class GanTrainer:
     }
 
   def init_state(self) -> dict[str, Any]:
-    return jax.jit(self._init_state_unsharded, out_shardings=self.state_shardings)()
+    if self._jitted_init is None:  # one compile per trainer, however often a run starts fresh
+      self._jitted_init = jax.jit(self._init_state_unsharded, out_shardings=self.state_shardings)
+    return self._jitted_init()
 
   def abstract_state(self) -> Any:
-    shapes = jax.eval_shape(self._init_state_unsharded)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-                        self.state_shardings)
+    if self._abstract_state is None:
+      self._abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                          self._state_shapes, self.state_shardings)
+    return self._abstract_state
 
   def abstract_images(self) -> jax.ShapeDtypeStruct:
     res = int(self.config.model.resolution)
