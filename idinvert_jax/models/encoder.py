@@ -28,12 +28,15 @@ block{n-1}_dense/kernel [16 * C_last in (c, h, w) order, L * w_dim], block{n-1}_
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from idinvert_jax.models import generator as generator_lib
 
 # The official encoder accepts these resolutions; it ends at a 4x4 map.
 RESOLUTIONS = (8, 16, 32, 64, 128, 256, 512, 1024)
@@ -157,15 +160,29 @@ class Encoder(nn.Module):
     return x.reshape(x.shape[0], self.num_layers, self.w_dim)
 
 
+def _init_impl(E: Encoder, rng: jax.Array) -> dict[str, Any]:
+  x = jnp.zeros((1, E.resolution, E.resolution, E.image_channels), jnp.float32)
+  return dict(E.init(generator_lib.fast_init_key(rng), x, train=False))
+
+
+# Same fast-compiling init as the generator (rbg key, unoptimised XLA build of a run-once function).
+_init = generator_lib.jit_init(_init_impl)
+
+
 def init_encoder(E: Encoder, rng: jax.Array) -> dict[str, Any]:
   """Random variables {'params', 'batch_stats'} for `E` (He-normal convs, N(0, 1) scaled dense, BN identity)."""
-  x = jnp.zeros((1, E.resolution, E.resolution, E.image_channels), jnp.float32)
-  return dict(E.init(rng, x, train=False))
+  return _init(E, rng)
 
 
 def encode(E: Encoder, variables: dict[str, Any], x: jax.Array) -> jax.Array:
   """Inference: images [N, res, res, C] in [-1, 1] -> wp [N, L, w_dim], BN with the running statistics."""
-  return E.apply(variables, x, train=False)
+  return _jitted_encode(E)(variables, x)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_encode(E: Encoder):
+  # Modules are frozen dataclasses, hence hashable: one compiled function per architecture.
+  return jax.jit(functools.partial(E.apply, train=False))
 
 
 def count_params(variables: dict[str, Any]) -> int:

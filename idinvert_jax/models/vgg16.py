@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from idinvert_jax.models import generator as generator_lib
+
 # (stage, number of convs, channels) of VGG16's convolutional part.
 _STAGES = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 LAYER_NAMES = tuple(f"conv{stage}_{i}" for stage, n, _ in _STAGES for i in range(1, n + 1))
@@ -74,9 +76,17 @@ def build_perceptual(model_cfg) -> VGG16Features:
   return VGG16Features(layers=tuple(layers))
 
 
-def init_perceptual(F: VGG16Features, rng: jax.Array, image_size: int = 64) -> dict[str, Any]:
+def _init_impl(F: VGG16Features, rng: jax.Array) -> dict[str, Any]:
+  # The variables do not depend on the image size; 16 px is the smallest that survives the three max-pools.
+  return dict(F.init(generator_lib.fast_init_key(rng), jnp.zeros((1, 16, 16, 3), jnp.float32)))
+
+
+_init = generator_lib.jit_init(_init_impl)
+
+
+def init_perceptual(F: VGG16Features, rng: jax.Array) -> dict[str, Any]:
   """Random variables for F: for shapes and tests only; never use them as a loss (see module docstring)."""
-  return dict(F.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32)))
+  return _init(F, rng)
 
 
 def perceptual_features(F: VGG16Features, variables: dict[str, Any], x: jax.Array):
