@@ -106,6 +106,8 @@ class _ArrayOnlyUnpickler(pickle._Unpickler):  # pylint: disable=protected-acces
     raise pickle.UnpicklingError("persistent ids are not allowed in a boundary file")
 
   def load_build(self):
+    if len(self.stack) < 2:
+      raise pickle.UnpicklingError("malformed BUILD in a boundary file")
     target = self.stack[-2]  # BUILD pops the state (stack[-1]) and sets it on the object below.
     if not isinstance(target, (np.ndarray, np.dtype)):
       raise pickle.UnpicklingError(f"BUILD on {type(target).__name__} is not allowed in a boundary file")
