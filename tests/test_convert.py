@@ -100,7 +100,7 @@ def test_pth_reader_refuses_malicious_zip_pickle(tmp_path):
   with zipfile.ZipFile(path, "w") as dst:
     for name, data in members.items():
       dst.writestr(name, data)
-  with pytest.raises(pth.UnsafePickleError, match=r"refusing to load global '(posix|os|nt)\.system'"):
+  with pytest.raises(pth.UnsafePickleError, match=r"evil.pth: refusing to load global '(posix|os|nt)\.system'"):
     pth.load_state_dict(path)
   assert not marker.exists()
   # torch's own restricted loader agrees that the file is unsafe.
@@ -283,3 +283,24 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
   assert cli.main(["--generator", str(tmp_path / "absent.pth"), "--output", str(tmp_path / "c"),
                    "--config", config]) == 1
   assert "absent.pth" in capsys.readouterr().err
+
+
+def test_pth_reader_rejects_out_of_bounds_tensor_views(tmp_path):
+  path = tmp_path / "bounds.pth"
+  torch.save({"weight": torch.zeros(4)}, path)
+  with zipfile.ZipFile(path) as src:
+    members = {n: src.read(n) for n in src.namelist()}
+  pkl_name = next(n for n in members if n.endswith("data.pkl"))
+  original = members[pkl_name]
+  for bad_size, bad_stride in (((100,), (1,)), ((4,), (-1,))):
+    # Rewrite the pickled size/stride tuples (4,) / (1,) of the tensor.
+    data = original.replace(b"K\x04\x85", b"Kd\x85" if bad_size == (100,) else b"K\x04\x85", 1)
+    if bad_stride == (-1,):
+      data = data.replace(b"K\x01\x85", b"J\xff\xff\xff\xff\x85", 1)
+    assert data != original
+    members[pkl_name] = data
+    with zipfile.ZipFile(path, "w") as dst:
+      for name, content in members.items():
+        dst.writestr(name, content)
+    with pytest.raises(pth.PthFormatError, match=r"bounds.pth: .*(overruns|malformed)"):
+      pth.load_state_dict(path)

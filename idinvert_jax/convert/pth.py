@@ -59,7 +59,12 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
                        metadata=None):
   """Builds the ndarray view `torch._utils._rebuild_tensor_v2` would build (copied, so it owns its memory)."""
   del requires_grad, backward_hooks, metadata
-  size = tuple(int(s) for s in size)
+  size, stride, storage_offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(storage_offset)
+  # A crafted file must not make as_strided read outside the storage.
+  if len(stride) != len(size) or min(size + stride + (storage_offset,), default=0) < 0:
+    raise PthFormatError(f"tensor with size {size}, stride {stride}, offset {storage_offset} is malformed")
+  if storage_offset >= storage.size and (not size or min(size) > 0):
+    raise PthFormatError(f"tensor offset {storage_offset} is outside its storage ({storage.size} elements)")
   if not size:
     return np.array(storage[storage_offset], dtype=storage.dtype)
   itemsize = storage.dtype.itemsize
@@ -219,8 +224,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"{path}: no such .pth file")
   try:
     obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
-  except (UnsafePickleError, PthFormatError):
-    raise
+  except (UnsafePickleError, PthFormatError) as e:
+    if path in str(e):
+      raise
+    raise type(e)(f"{path}: {e}") from None
   except (pickle.UnpicklingError, EOFError, KeyError, struct.error, TypeError, AttributeError) as e:
     raise PthFormatError(f"{path}: not a readable PyTorch state_dict ({type(e).__name__}: {e})") from e
   for wrapper in ("state_dict", "model"):
