@@ -95,7 +95,7 @@ def randomise_encoder(net, gen: torch.Generator):
 
 
 def nhwc(x: torch.Tensor) -> np.ndarray:
-  return x.detach().numpy().transpose(0, 2, 3, 1).astype(np.float32)
+  return x.detach().numpy().transpose(0, 2, 3, 1)
 
 
 def _save_npz(path: str, **arrays):
@@ -179,6 +179,12 @@ def full256(official: str):
   print("generator 256 synthesize(wp):", _errors(generator_lib.synthesize(ours_G, variables, wp.numpy()),
                                                  ref_wp_image))
   print("generator 256 generate(z):   ", _errors(generator_lib.generate(ours_G, variables, z.numpy()), ref_z_image))
+  # How much of that is float32 noise: both float32 results against torch in float64.
+  with torch.no_grad():
+    ref64 = nhwc(G.double().synthesis(wp.double()))
+  G.float()
+  print("  float64 torch vs float32 torch:", _errors(ref_wp_image, ref64))
+  print("  float64 torch vs float32 ours: ", _errors(generator_lib.synthesize(ours_G, variables, wp.numpy()), ref64))
   E = official_encoder(enc_lib, dict(resolution=256, w_dim=512, channels_base=64, channels_max=1024))
   randomise_encoder(E, gen)
   x = torch.rand(2, 3, 256, 256, generator=gen) * 2 - 1
