@@ -197,10 +197,10 @@ def main():
   print(f"machine: {machine['cpu']}, {machine['cores']} cores, jax {jax.__version__} on {machine['devices']}; "
         f"1-min load average at start {machine['load_avg_1min']:.1f} (shared machine)")
   print(f"model: {res} px ({'tiny' if args.quick else 'official architecture'}), random weights incl. VGG16 "
-        f"(timing only); precision {args.precision}; model init {init_s:.1f} s")
-  print(f"float32 matmul rate: {matmul / 1e9:.1f} GFLOP/s (2048^3 jnp.dot)")
+        f"(timing only); precision {args.precision}; model init {init_s:.1f} s", flush=True)
+  print(f"float32 matmul rate: {matmul / 1e9:.1f} GFLOP/s (2048^3 jnp.dot)", flush=True)
 
-  rows = []
+  rows, naive = [], None
   for batch in (int(b) for b in args.batch_sizes.split(",")):
     avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if rows and rows[-1]["peak_rss_gib"] * 2**30 * batch / rows[-1]["batch"] > args.max_memory_fraction * (
@@ -214,7 +214,9 @@ def main():
           f"{row['flops_per_step'] / 1e9:.1f} GFLOP/step, {row['flops_per_s'] / 1e9:.1f} GFLOP/s "
           f"({row['flops_per_s'] / matmul:.0%} of matmul), compile+1 step {row['compile_and_first_step_s']:.0f} s, "
           f"peak RSS {row['peak_rss_gib']:.2f} GiB", flush=True)
-  naive = None if args.skip_naive else bench_naive(fns, settings, args.steps, images[0])
+    if naive is None and not args.skip_naive:  # Right after batch 1, so a cut-short run still has it.
+      naive = bench_naive(fns, settings, args.steps, images[0])
+      print(f"naive per-image loop: {naive['s_per_step']:.3f} s/step", flush=True)
   checks = precision_check([("tiny", make_config(True, 32)), ("64px", _config64())]) if args.precision_check \
       else []
 
