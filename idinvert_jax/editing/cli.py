@@ -153,6 +153,15 @@ def _blank(resolution: int) -> np.ndarray:
   return np.full((resolution, resolution, 3), 200, np.uint8)
 
 
+def _for_display(image: np.ndarray, min_size: int = 64) -> np.ndarray:
+  """uint8 cell, enlarged by an integer factor (nearest) to at least `min_size` px so labels fit above it."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    image = files.to_uint8(image)
+  factor = max(1, math.ceil(min_size / image.shape[0]))
+  return image if factor == 1 else np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
 def write_grids(output: Path, stem: str, rows: list, row_labels: list[str], col_labels: list[str],
                 caption: str) -> list[tuple[str, str]]:
   """Writes rows as PNG grids of <= ROWS_PER_GRID rows; returns (relative path, caption) for the HTML page."""
@@ -161,14 +170,25 @@ def write_grids(output: Path, stem: str, rows: list, row_labels: list[str], col_
   for page in range(pages):
     lo, hi = page * ROWS_PER_GRID, (page + 1) * ROWS_PER_GRID
     name = f"{stem}.png" if pages == 1 else f"{stem}_{page:03d}.png"
-    report.save_grid(output / name, rows[lo:hi], row_labels=row_labels[lo:hi], col_labels=col_labels)
+    cells = [[_for_display(cell) for cell in row] for row in rows[lo:hi]]
+    report.save_grid(output / name, cells, row_labels=row_labels[lo:hi], col_labels=col_labels)
     images.append((name, caption if pages == 1 else f"{caption} (part {page + 1} of {pages})"))
   return images
 
 
 def _describe(args: argparse.Namespace) -> str:
-  return "Command: python edit.py " + " ".join(
-      f"--{k}={v}" for k, v in sorted(vars(args).items()) if k not in ("command", "func") and v not in (None, ""))
+  """The command line that reproduces this run (for the HTML page)."""
+  parts = [f"python edit.py {args.command}"]
+  for key, value in sorted(vars(args).items()):
+    if key in ("command", "func") or value in (None, "", False, []):
+      continue
+    if value is True:
+      parts.append(f"--{key}")
+    elif isinstance(value, (list, tuple)):
+      parts.append(f"--{key} " + " ".join(map(str, value)))
+    else:
+      parts.append(f"--{key}={value}")
+  return "Command: " + " ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -328,12 +348,13 @@ def run_diffuse(args: argparse.Namespace) -> Path:
     target = load_image(target_path, resolution)
     result = diffuse_lib.diffuse(target, contexts, models, section, crop, cx, cy, progress=args.progress)
     all_codes.append(result.codes)
-    snapshot_steps = [step for step, _ in result.snapshots]
-    cols = (["Target", "Context", "Copy-paste", "Encoder"] + [f"Step {s}" for s in snapshot_steps]
-            + ["Result"])
+    # The last snapshot is the result itself; it is shown once, as the last column.
+    snapshots = [(step, images) for step, images in result.snapshots if step < section.num_iterations]
+    cols = (["Target", "Context", "Copy-paste", "Encoder"] + [f"Step {step}" for step, _ in snapshots]
+            + [f"Result ({section.num_iterations})"])
     for c, context_path in enumerate(context_paths):
       rows.append([target, contexts[c], result.stitched[c], result.encoder_outputs[c]]
-                  + [images[c] for _, images in result.snapshots] + [result.results[c]])
+                  + [images[c] for _, images in snapshots] + [result.results[c]])
       labels.append(f"{Path(target_path).stem} -> {Path(context_path).stem}")
   codes = np.stack(all_codes)                                     # [T, C, L, D]
   files.atomic_save_npy(output / "diffused_codes.npy", codes)
