@@ -47,7 +47,7 @@ COLUMNS = ("run", "method", "steps", "lambda_enc", "mse", "psnr", "ssim", "perce
            "edit_success", "edit_other_change", "seconds_per_image")
 COLUMN_DOCS = {
     "mse": "mean over images of the per-image MSE on the [-1, 1] scale",
-    "psnr": "mean per-image PSNR in dB ([0, 255] scale, data range 255)",
+    "psnr": "mean per-image PSNR in dB ([0, 255] scale, data range 255; an exact copy counts as 1000 dB)",
     "ssim": "mean per-image SSIM (Gaussian 11 / 1.5; n/a below 11 px)",
     "perceptual": "mean squared VGG16 conv4_3 feature difference",
     "swd_rec": "SWD x 1e3 (average over pyramid levels) of reconstructions vs images",
@@ -189,8 +189,12 @@ def _sample_codes(models, num: int, seed: int) -> np.ndarray:
 
 
 def prepare_editing(models, boundary_path: str | None, train_attribute: str | None, attribute: str | None,
-                    distance: float, quick: bool, seed: int, synthesize) -> tuple[EditSetup | None, dict, str]:
-  """Loads or trains the boundary and trains the attribute predictor; (setup or None, info, reason if None)."""
+                    distance: float, quick: bool, seed: int, synthesize, predictor=None
+                    ) -> tuple[EditSetup | None, dict, str]:
+  """Loads or trains the boundary and the attribute predictor; (setup or None, info, reason if None).
+
+  `predictor`: an (AttributeNet, variables) pair to use instead of training one.
+  """
   from idinvert_jax.data import synthetic_faces
   from idinvert_jax.editing import boundaries
   from idinvert_jax.metrics import attributes
@@ -206,7 +210,12 @@ def prepare_editing(models, boundary_path: str | None, train_attribute: str | No
   resolution = int(models.config.model.resolution)
   if not synthetic_faces.MIN_RESOLUTION <= resolution <= synthetic_faces.MAX_RESOLUTION:
     return None, {}, f"n/a (attribute predictor needs {synthetic_faces.MIN_RESOLUTION}px or more)"
-  predictor, predictor_report = _train_predictor(resolution, tuple(synthetic_faces.ATTRIBUTES), quick, seed)
+  if predictor is None:
+    predictor, predictor_report = _train_predictor(resolution, tuple(synthetic_faces.ATTRIBUTES), quick, seed)
+  else:
+    predictor_report = "given by the caller"
+  if name not in predictor[0].attributes:
+    return None, {}, f"n/a (the attribute predictor does not predict {name!r})"
   info = {"predictor": predictor_report}
   if not boundary_path:
     num = 64 if quick else 2000
@@ -251,7 +260,7 @@ def evaluate_run(spec: RunSpec, images: np.ndarray, models, invert_config, synth
   result = inversion.invert(images, models, settings, progress=progress)
   recs = result.reconstructions
   row: dict[str, Any] = {"run": spec.name, "method": spec.method, "steps": spec.steps,
-                         "lambda_enc": "" if spec.lambda_enc is None else spec.lambda_enc}
+                         "lambda_enc": NOT_AVAILABLE if spec.lambda_enc is None else spec.lambda_enc}
   row["mse"] = _mean(reconstruction.mse(images, recs))
   row["psnr"] = _mean(np.minimum(np.asarray(reconstruction.psnr(images, recs)), 1e3))  # inf only if exact.
   row["ssim"] = _mean(reconstruction.ssim(images, recs)) if images.shape[1] >= 11 else NOT_AVAILABLE
@@ -335,11 +344,12 @@ def run_comparison(checkpoint: str, images: Sequence[str], output: str, config: 
                    lambdas: Sequence[float] = (0.0, 0.5, 2.0, 5.0), boundary: str | None = None,
                    train_boundary: str | None = None, attribute: str | None = None, edit_distance: float = 3.0,
                    num_images: int | None = None, seed: int = 0, progress: bool = True,
-                   grid_images: int = 8) -> list[dict]:
+                   grid_images: int = 8, predictor=None) -> list[dict]:
   """Runs the comparison and writes the report folder; returns the table rows (see module docstring).
 
   quick: 5/10 optimisation steps and 5 in-domain steps (instead of 100/1000 and 100) and a small attribute
-  predictor: a smoke test, the numbers mean nothing.
+  predictor: a smoke test, the numbers mean nothing. predictor: optional (AttributeNet, variables) to use
+  instead of training one (synthetic-face attributes only).
   """
   from idinvert_jax import invert_cli
   optimize_steps = tuple(optimize_steps or ((5, 10) if quick else (100, 1000)))
@@ -354,7 +364,7 @@ def run_comparison(checkpoint: str, images: Sequence[str], output: str, config: 
     x, names = x[:num_images], names[:num_images]
   synthesize = _synthesize_fn(models)
   edit, edit_info, edit_reason = prepare_editing(models, boundary, train_boundary, attribute, edit_distance, quick,
-                                                 seed, synthesize)
+                                                 seed, synthesize, predictor)
   machine = machine_info()
   rows, results = [], []
   for spec in runs:
