@@ -52,7 +52,7 @@ def test_official_256_encoder_has_the_official_parameter_count():
   assert E.num_layers == 14
 
 
-@pytest.mark.parametrize("resolution,base,cmax", [(16, 4, 8), (32, 4, 16)])
+@pytest.mark.parametrize("resolution,base,cmax", [(32, 4, 16)])  # 4->8->16 shortcuts, then 16->16 identity
 def test_small_encoders_match_the_official_count_and_output_shape(resolution, base, cmax):
   E = encoder_lib.Encoder(resolution=resolution, w_dim=8, channels_base=base, channels_max=cmax)
   variables = encoder_lib.init_encoder(E, jax.random.key(1))
@@ -94,10 +94,10 @@ def test_batchnorm_train_uses_batch_statistics_and_updates_running_averages():
 def test_batchnorm_axis_name_synchronises_statistics_across_devices():
   devices = np.array(jax.devices()[:4])
   assert len(devices) == 4, "conftest provides 8 simulated devices"
-  E = encoder_lib.Encoder(resolution=16, w_dim=4, channels_base=4, channels_max=8)
+  E = encoder_lib.Encoder(resolution=8, w_dim=4, channels_base=4, channels_max=8)
   E_sync = E.clone(bn_axis_name="data")
   variables = encoder_lib.init_encoder(E, jax.random.key(0))
-  x = jax.random.normal(jax.random.key(1), (8, 16, 16, 3)) * 0.5 + 0.2
+  x = jax.random.normal(jax.random.key(1), (8, 8, 8, 3)) * 0.5 + 0.2
 
   def step(module):
     def run(vs, images):

@@ -47,13 +47,15 @@ def test_features_match_pytorch(synthetic):
 
 def test_default_model_is_conv4_3_and_stops_there():
   F = vgg16_lib.VGG16Features()
-  variables = vgg16_lib.init_perceptual(F, jax.random.key(0))
+  # Shapes only (eval_shape): compiling VGG16 adds nothing that test_features_match_pytorch does not cover.
+  variables = jax.eval_shape(lambda: vgg16_lib.init_perceptual(F, jax.random.key(0)))
   assert sorted(variables["params"]) == sorted(vgg16_lib.LAYER_NAMES[:10])  # conv1_1 .. conv4_3, no conv5
-  features = vgg16_lib.perceptual_features(F, variables, np.zeros((1, 32, 32, 3), np.float32))
+  images = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+  features = jax.eval_shape(lambda v, x: vgg16_lib.perceptual_features(F, v, x), variables, images)
   assert features.shape == (1, 4, 4, 512)
   with pytest.raises(ValueError, match="conv4_4"):
-    vgg16_lib.perceptual_features(vgg16_lib.VGG16Features(layers=("conv4_4",)), variables,
-                                  np.zeros((1, 32, 32, 3), np.float32))
+    jax.eval_shape(lambda v, x: vgg16_lib.perceptual_features(vgg16_lib.VGG16Features(layers=("conv4_4",)), v, x),
+                   variables, images)
 
 
 def test_pth_and_keras_h5_weights_give_the_same_variables(tmp_path, synthetic):
