@@ -70,7 +70,7 @@ def run(stage: Stage, *, config: Any, workdir: str, data_iterator: Iterator[jax.
     if data_state is not None and hasattr(data_iterator, "set_state"):
       data_iterator.set_state(data_state)
     logging.info("resumed %s training from step %d in %s", stage.name, start_step, checkpointer.directory)
-  if int(jax.device_get(state["step"])) != start_step:
+  if int(to_host(state["step"])) != start_step:
     raise RuntimeError(f"checkpoint step {start_step} holds state step {int(state['step'])}; the checkpoint folder "
                        f"{checkpointer.directory} is inconsistent, move it away to restart")
 
@@ -92,7 +92,7 @@ def run(stage: Stage, *, config: Any, workdir: str, data_iterator: Iterator[jax.
         images = next(data_iterator)
         state, step_metrics = stage.train_step(state, images)
         # Fetching the scalars syncs once per step; it is what lets a NaN stop the run before it is saved.
-        metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        metrics = {k: float(to_host(v)) for k, v in step_metrics.items()}
         step += 1
         bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
         if bad:
