@@ -1,8 +1,13 @@
 """Compares encoder-only, optimisation and in-domain inversion on held-out images (see idinvert_jax/evaluate.py).
 
   python evaluate.py --checkpoint CKPT --images photos/ --output report/ [--config FILE] [--quick]
+  python evaluate.py --checkpoint CKPT --images synthetic:64 --output report/ --train_boundary smile
 """
+from absl import app, flags
+
 from idinvert_jax import evaluate
 
 if __name__ == "__main__":
-  evaluate.run()
+  evaluate.define_flags()
+  flags.adopt_module_key_flags(evaluate)  # --help lists the comparison's flags.
+  app.run(evaluate.main)

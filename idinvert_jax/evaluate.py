@@ -400,17 +400,34 @@ def run_comparison(checkpoint: str, images: Sequence[str], output: str, config: 
   return rows
 
 
+def _user_errors() -> tuple[type, ...]:
+  """Exceptions that mean a fixable input problem: printed as one line instead of a traceback."""
+  from idinvert_jax import checkpoint, inversion
+  from idinvert_jax.data import sources
+  from idinvert_jax.editing import boundaries
+  return (EvaluateError, inversion.InversionError, checkpoint.CheckpointError, sources.InputNotFoundError,
+          sources.EmptySourceError, boundaries.BoundaryFileError)
+
+
 def main(argv=None) -> None:
   del argv
+  import sys
   from absl import flags
   FLAGS = flags.FLAGS
+  try:
+    _run_from_flags(FLAGS)
+  except _user_errors() as e:
+    sys.exit(f"evaluate: {e}")
+  print(f"wrote {FLAGS.output}/results.md, results.csv, index.html")
+
+
+def _run_from_flags(FLAGS) -> None:
   run_comparison(FLAGS.checkpoint, FLAGS.images, FLAGS.output, FLAGS.config, quick=FLAGS.quick,
                  methods=FLAGS.methods, optimize_steps=[int(s) for s in FLAGS.optimize_steps or ()] or None,
                  indomain_steps=FLAGS.indomain_steps, lambdas=[float(l) for l in FLAGS.lambda_enc],
                  boundary=FLAGS.boundary, train_boundary=FLAGS.train_boundary, attribute=FLAGS.attribute,
                  edit_distance=FLAGS.edit_distance, num_images=FLAGS.num_images, seed=FLAGS.seed,
                  progress=FLAGS.progress)
-  print(f"wrote {FLAGS.output}/results.md, results.csv, index.html")
 
 
 def define_flags() -> None:
