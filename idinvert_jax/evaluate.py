@@ -417,7 +417,8 @@ def main(argv=None) -> None:
   try:
     _run_from_flags(FLAGS)
   except _user_errors() as e:
-    sys.exit(f"evaluate: {e}")
+    message = str(e)
+    sys.exit(message if message.startswith("evaluate") else f"evaluate: {message}")
   print(f"wrote {FLAGS.output}/results.md, results.csv, index.html")
 
 
