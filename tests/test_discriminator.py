@@ -110,25 +110,25 @@ def tiny_disc():
   return D, randomize(models.init_discriminator(D, jax.random.PRNGKey(0)), 1, 0.1)
 
 
-def test_output_shape_and_jit_equality(tiny_disc):
+def test_output_shape(tiny_disc):
   D, v = tiny_disc
   images = jax.random.uniform(jax.random.PRNGKey(2), (8, 32, 32, 3), minval=-1, maxval=1)
   logits = jax.jit(D.apply)(v, images)
   assert logits.shape == (8, 1) and np.isfinite(logits).all()
-  with jax.disable_jit():
-    plain = D.apply(v, images[:4])
-  np.testing.assert_allclose(jax.jit(D.apply)(v, images[:4]), plain, rtol=1e-5, atol=1e-5)
   assert np.abs(np.asarray(logits[:4]) - np.asarray(logits[4:])).max() > 1e-4
   with pytest.raises(ValueError, match=r"expected \[N, 32, 32, 3\]"):
     D.apply(v, jnp.zeros((4, 16, 16, 3)))
 
 
-def test_matches_numpy_reference_at_8px():
+def test_matches_numpy_reference_at_8px_and_jit_equals_plain():
   D = disc.Discriminator(resolution=8, fmaps_base=32, fmaps_max=4)
   v = randomize(models.init_discriminator(D, jax.random.PRNGKey(3)), 4)
   images = np.random.RandomState(5).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
   ref = np_discriminator_8px(v["params"], images.astype(np.float64), 4)
-  np.testing.assert_allclose(jax.jit(D.apply)(v, images), ref, rtol=1e-4, atol=1e-5)
+  jitted = np.asarray(jax.jit(D.apply)(v, images))
+  np.testing.assert_allclose(jitted, ref, rtol=1e-4, atol=1e-5)
+  with jax.disable_jit():  # jit equality: the op-by-op call gives the same logits
+    np.testing.assert_allclose(D.apply(v, images), jitted, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_downscale_equals_separate_ops():
