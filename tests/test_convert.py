@@ -161,6 +161,14 @@ def test_encoder_matches_pytorch_in_inference_mode(encoder_fixture):
   assert np.abs(variables["batch_stats"]["block0_bn"]["scale"] - 1).max() > 1e-3
 
 
+def test_encoder_training_mode_matches_pytorch(encoder_fixture):
+  """train=True normalises with the batch statistics, like torch's BatchNorm2d in train()."""
+  E, _, variables = encoder_fixture
+  io_ = np.load(FIXTURES / "encoder64_io.npz")
+  wp, _ = E.apply(variables, io_["x"], train=True, mutable=["batch_stats"])
+  _assert_close("encoder train mode 64px", wp, io_["wp_train"])
+
+
 # ------------------------------------------------------------------------------------------------ round trip
 
 

@@ -130,7 +130,10 @@ def make_fixtures(official: str, out: str):
     code = E(x).view(BATCH, E.num_layers, ENCODER["w_dim"])
   # The legacy (pre-1.6) serialisation, as the 2020 official release, so the reader's legacy path is covered.
   torch.save(E.state_dict(), os.path.join(out, "encoder64_legacy.pth"), _use_new_zipfile_serialization=False)
-  _save_npz(os.path.join(out, "encoder64_io.npz"), x=nhwc(x), wp=code.numpy())
+  # Training mode (BN with batch statistics), after the state_dict is saved: it updates the running stats.
+  with torch.no_grad():
+    code_train = E.train()(x).view(BATCH, E.num_layers, ENCODER["w_dim"])
+  _save_npz(os.path.join(out, "encoder64_io.npz"), x=nhwc(x), wp=code.numpy(), wp_train=code_train.numpy())
 
   from idinvert_jax.convert import vgg16 as convert_vgg16  # pylint: disable=g-import-not-at-top
   state_dict = {k: torch.from_numpy(v) for k, v in
