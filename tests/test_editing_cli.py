@@ -1,6 +1,5 @@
 """`edit.py` subcommands end to end on a tiny random checkpoint (few iterations), checking every written file."""
 import importlib.util
-import json
 from pathlib import Path
 
 import jax
@@ -53,11 +52,6 @@ def setup(tmp_path_factory):
 def _png_size(path):
   with Image.open(path) as image:
     return image.size
-
-
-def _html_links(path):
-  text = Path(path).read_text()
-  return text
 
 
 def test_interpolate_writes_codes_grid_and_page(setup, tmp_path):
@@ -146,7 +140,7 @@ def test_train_boundary_from_labels_and_from_classifier(setup, tmp_path):
   sampled = np.load(out / "sampled_codes.npy")
   assert sampled.shape == (40, L, D)
   models = setup["models"]
-  images = np.asarray(generator_lib.synthesize(models.generator, models.generator_vars, sampled[:8]))
+  images = cli.make_renderer(models)(sampled[:8])
   np.testing.assert_allclose(np.load(out / "scores.npy")[:8], mean_red(images), rtol=1e-4, atol=1e-5)
   assert boundaries.load_boundary(out / "mean_red.npz").attribute == "mean_red"
 

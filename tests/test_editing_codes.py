@@ -1,6 +1,5 @@
 """Pure W+ code edits: interpolation, manipulation (plain and conditional), style mixing."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -15,7 +15,7 @@ import json
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -520,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--truncation_psi", type=float, default=None, help="Truncation for sampled codes "
                  "(default: the generator's).")
   p.add_argument("--truncation_layers", type=int, default=None, help="Truncated layers for sampled codes.")
-  p.add_argument("--labels", default="", help="Scores/labels, one per code: .npy or .csv/.txt.")
+  p.add_argument("--labels", default="", help="Scores/labels, one per code in code order (for sampled codes: "
+                 "the order of sampled_codes.npy of the same --seed): .npy or .csv/.txt.")
   p.add_argument("--label_column", default=None, help="CSV column holding the score (default: the last).")
   p.add_argument("--classifier", default="",
                  help="'module:function' mapping images [N,H,W,3] in [-1,1] to scores [N] (needs --checkpoint).")
