@@ -178,7 +178,7 @@ def placeholder_boundaries(checkpoint: Path, output: Path, seed: int, num_sample
     folder = output / "boundaries" / name
     _edit(["train-boundary", "--checkpoint", checkpoint, "--output", folder, "--num_samples", num_samples,
            "--classifier", f"idinvert_jax.demo:{name}", "--attribute", name, "--ratio", 0.25,
-           "--batch_size", 50, "--seed", seed])
+           "--batch_size", 8, "--seed", seed])  # Batch 8: the synthesis every edit compiles.
     paths.append(folder / f"{name}.npz")
   return paths
 
