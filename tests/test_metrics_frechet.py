@@ -64,3 +64,21 @@ def test_image_level_distance_grows_with_a_colour_shift_and_requires_a_name():
   assert result["feature_name"] == "random_projection64_pixels16" and "fid" not in str(result).lower()
   with pytest.raises(ValueError, match="feature_name"):
     frechet.frechet_distance(images.reshape(80, -1), images.reshape(80, -1), "")
+
+
+def test_vgg_extractor_is_used_when_weights_are_given():
+  import flax.linen as nn
+  import jax
+
+  class _Features(nn.Module):  # Stand-in for VGG16Features: one conv4_3 map.
+    @nn.compact
+    def __call__(self, x):
+      return nn.relu(nn.Conv(5, (3, 3))(x))
+
+  module = _Features()
+  images = np.random.default_rng(5).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
+  variables = module.init(jax.random.PRNGKey(0), images[:1])
+  features, name = frechet.image_features(images, module, variables)
+  assert name == "vgg16_conv4_3_mean" and features.shape == (4, 5)
+  np.testing.assert_allclose(features, np.asarray(module.apply(variables, images)).mean(axis=(1, 2)), rtol=1e-5)
+  assert frechet.image_features(images, module, None)[1] == "random_projection64_pixels16"

@@ -99,11 +99,15 @@ def pixel_projection_features(images, size: int = PIXEL_FEATURE_SIZE, dim: int =
   return np.asarray(features), name
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _vgg_means(F: Any, variables: Any, images: jax.Array) -> jax.Array:
+  return jnp.mean(reconstruction.select_features(F.apply(variables, images), "conv4_3"), axis=(1, 2))
+
+
 def vgg16_mean_features(F: Any, variables: Any, images, batch_size: int = 32) -> tuple[np.ndarray, str]:
   """Spatially averaged VGG16 conv4_3 features: ([N, 512], 'vgg16_conv4_3_mean')."""
   images = jnp.asarray(images, jnp.float32)
-  apply = jax.jit(lambda v, x: jnp.mean(reconstruction.select_features(F.apply(v, x), "conv4_3"), axis=(1, 2)))
-  chunks = [apply(variables, images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+  chunks = [_vgg_means(F, variables, images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
   return np.asarray(jnp.concatenate(chunks, axis=0)), "vgg16_conv4_3_mean"
 
 
