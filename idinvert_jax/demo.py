@@ -45,7 +45,7 @@ PLACEHOLDER_ATTRIBUTES = ("random_direction_a", "random_direction_b")
 # Pairs of example indices interpolated (skipped where the images are fewer).
 INTERPOLATION_PAIRS = ((0, 1), (2, 3))
 DIFFUSION_CONTEXTS = 3
-PLACEHOLDER_SAMPLES = 400   # Generator samples scored per placeholder boundary.
+PLACEHOLDER_SAMPLES = 200   # Generator samples scored per placeholder boundary.
 OVERVIEW_MIN_SIZE = 64      # Cells of the inversion overview are enlarged (nearest) to at least this size.
 
 log = logging.getLogger("idinvert_jax.demo")
@@ -194,11 +194,15 @@ def _relative(path: Path, root: Path) -> str:
   return path.relative_to(root).as_posix()
 
 
+def output_names(paths: Sequence[str | Path]) -> list[str]:
+  """The names invert.py gives its outputs (file stems made unique), in input order."""
+  from idinvert_jax.editing import cli
+  return cli.unique_names([Path(p) for p in paths])
+
+
 def inversion_grid(inversion_dir: Path, destination: Path) -> Path:
   """One grid (rows: images; columns: original, encoder, inverted) from invert.py's PNGs."""
-  from idinvert_jax.editing import cli
-  paths = [Path(line) for line in (inversion_dir / "image_list.txt").read_text().splitlines() if line]
-  names = cli.unique_names(paths)
+  names = output_names([line for line in (inversion_dir / "image_list.txt").read_text().splitlines() if line])
   columns = [("ori", "Original"), ("enc", "E(x)"), ("inv", "Inverted")]
   columns = [(s, label) for s, label in columns if (inversion_dir / f"{names[0]}_{s}.png").is_file()]
   rows = [[_read_png(inversion_dir / f"{name}_{suffix}.png") for suffix, _ in columns] for name in names]
@@ -278,20 +282,21 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
   grid = inversion_grid(inversion_dir, output / "inversion_overview.png")
   sections.append(_inversion_section(output, grid, summary, num_iterations))
 
+  names = output_names(source_paths)
+
   def interpolate():
     made = []
     for a, b in [(a, b) for a, b in INTERPOLATION_PAIRS if b < num_images]:
       folder = _edit(["interpolate", "--checkpoint", model.checkpoint, "--src_dir", inversion_dir, "--src", a,
                       "--dst", b, "--steps", 5, "--output", output / f"interpolation_{a}_{b}"])
-      made += _grids(folder, "interpolation")
+      made += [(p, f"{names[a]} -> {names[b]}") for p in _grids(folder, "interpolation")]
     return made
   interpolation_grids = stages.run("interpolation", interpolate)
   sections.append(report.Section(
       "Interpolation", text="Each row walks in a straight line in W+ from one inverted face to another (5 "
       "intermediate codes). Look for: every intermediate image should look like a plausible face (the codes "
       "stay in the generator's domain) and attributes should change gradually, not cross-fade like pixels.",
-      images=[(_relative(p, output), f"Interpolation {p.parent.name.split('_', 1)[1].replace('_', ' -> ')}")
-              for p in interpolation_grids]))
+      images=[(_relative(p, output), f"Interpolation {caption}") for p, caption in interpolation_grids]))
 
   def manipulate():
     made = []
@@ -324,7 +329,8 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
       has_vgg = "perceptual" in ckpt.load_models(model.checkpoint).names()
       argv = ["diffuse", "--checkpoint", model.checkpoint, "--targets", source_paths[0], "--contexts", *contexts,
               "--num_iterations", num_iterations, "--num_results", 3, "--output", output / "diffusion"]
-      folder = _edit(argv + ([] if has_vgg else ["--no_perceptual"]))
+      argv += ([] if has_vgg else ["--no_perceptual"]) + (["--progress"] if progress else [])
+      folder = _edit(argv)
       return _grids(folder, "diffusion"), has_vgg
     diffusion_grids, has_vgg = stages.run("diffusion", diffuse)
     sections.append(report.Section(
@@ -347,16 +353,21 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
 # Report sections.
 
 
+REPRODUCE = ("Every section below has its own folder with the codes (.npy), the grids and an index.html that "
+             "names the exact `python edit.py ...` command that made it; the inversion folder is invert.py's "
+             "output layout.")
+
+
 def _model_section(model: DemoModel) -> report.Section:
   if model.trained:
-    return report.Section("Model", text=f"Model used: {model.description}.")
+    return report.Section("Model", text=f"Model used: {model.description}.\n\n{REPRODUCE}")
   return report.Section(
       f"WARNING: {NO_CHECKPOINT_BANNER}",
       text=f"Model used: {model.description}. Nothing was trained: every picture below comes from random "
       "weights, so it shows that the whole pipeline runs, not what in-domain inversion can do. Put a trained "
       f"checkpoint at {DEFAULT_CHECKPOINT} (or pass --checkpoint) to see real results.\n\nThe attribute "
       "boundaries are placeholders too: trained on the spot from generator samples scored by fixed random "
-      "pixel directions (names random_direction_a / random_direction_b).")
+      f"pixel directions (names random_direction_a / random_direction_b).\n\n{REPRODUCE}")
 
 
 def _inversion_section(output: Path, grid: Path, summary, num_iterations: int) -> report.Section:
@@ -428,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s demo %(message)s", datefmt="%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    log.propagate = False  # A library may have configured the root logger: print each line once.
   try:
     result = run_demo(args.output, checkpoint=args.checkpoint, images=args.images,
                       num_iterations=args.num_iterations, skip_diffusion=args.skip_diffusion, seed=args.seed,
