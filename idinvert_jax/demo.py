@@ -16,9 +16,10 @@ Stages (each timed, each writing its own folder under --output with PNG grids, c
   style mixing  every face's fine layers into every other face (OUTPUT/style_mixing)
   diffusion     the first face's centre crop diffused into three others (OUTPUT/diffusion)
 
-OUTPUT/index.html links every section's grids with captions, the timings and the machine. With the default
-100 inversion steps the tiny model finishes in well under a minute on 2 CPU cores; a 64 px model in a few
-minutes (lower --num_iterations to go faster).
+OUTPUT/index.html links every section's grids with captions, the timings and the machine. Iterations: the
+official 100 steps, except for models above 32 px on a CPU, which get 20 (see --num_iterations). Measured on a
+2-core machine shared with other jobs (load ~12-16): the random tiny model with 100 steps ~1.5 min of CPU time
+(4.8 min wall under that load); a random 64 px model (configs/synthetic64.py) with 10 steps: inversion 200 s wall.
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ PLACEHOLDER_ATTRIBUTES = ("random_direction_a", "random_direction_b")
 # Pairs of example indices interpolated (skipped where the images are fewer).
 INTERPOLATION_PAIRS = ((0, 1), (2, 3))
 DIFFUSION_CONTEXTS = 3
+OFFICIAL_NUM_ITERATIONS = 100
+CPU_NUM_ITERATIONS = 20     # Default on a CPU for models above CPU_FULL_ITERATIONS_MAX_RESOLUTION.
+CPU_FULL_ITERATIONS_MAX_RESOLUTION = 32
 PLACEHOLDER_SAMPLES = 200   # Generator samples scored per placeholder boundary.
 OVERVIEW_MIN_SIZE = 64      # Cells of the inversion overview are enlarged (nearest) to at least this size.
 
@@ -87,6 +91,7 @@ class DemoModel:
   checkpoint: Path       # the checkpoint every stage reads
   trained: bool          # False: the random tiny stand-in
   description: str       # one line for the console and the report
+  resolution: int
 
 
 @dataclasses.dataclass
@@ -139,21 +144,32 @@ def prepare_model(checkpoint: str | Path | None, output: Path, seed: int) -> Dem
   if checkpoint is not None:
     directory = ckpt.find_checkpoint_dir(checkpoint)  # Raises a one-line CheckpointError naming the path.
     config = ckpt.load_config(directory)
-    return DemoModel(directory, True, f"checkpoint {directory} ({config.model.resolution} px)")
+    return DemoModel(directory, True, f"checkpoint {directory} ({config.model.resolution} px)",
+                     int(config.model.resolution))
   try:
     directory = ckpt.find_checkpoint_dir(DEFAULT_CHECKPOINT)
   except ckpt.CheckpointError:
     directory = None
   if directory is not None:
     config = ckpt.load_config(directory)
-    return DemoModel(directory, True, f"shipped demo checkpoint {directory} ({config.model.resolution} px)")
+    return DemoModel(directory, True, f"shipped demo checkpoint {directory} ({config.model.resolution} px)",
+                     int(config.model.resolution))
   _loud(f"{NO_CHECKPOINT_BANNER} (nothing at {DEFAULT_CHECKPOINT})")
   import jax
   config = _tiny_config()
   models = ckpt.create_models(config, jax.random.key(seed), names=("generator", "encoder"))
   directory = ckpt.save_models(output / RANDOM_CHECKPOINT_DIR, config, models.variables())
   return DemoModel(directory, False, f"random tiny model (configs/tiny.py, {config.model.resolution} px, seed "
-                                     f"{seed}), saved to {directory}")
+                                     f"{seed}), saved to {directory}", int(config.model.resolution))
+
+
+def default_num_iterations(resolution: int) -> int:
+  """Official 100 steps, except for models above 32 px on a CPU, where 100 steps of 6 images take far longer
+  than the demo's few-minute budget (measured: 10 steps of a 64 px model ~200 s on a busy 2-core machine)."""
+  import jax
+  if jax.default_backend() == "cpu" and resolution > CPU_FULL_ITERATIONS_MAX_RESOLUTION:
+    return CPU_NUM_ITERATIONS
+  return OFFICIAL_NUM_ITERATIONS
 
 
 def _edit(argv: Sequence[str]) -> Path:
@@ -230,7 +246,7 @@ def machine_description() -> list[list[str]]:
 
 
 def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: Sequence[str | Path] | None = None,
-             num_iterations: int = 100, skip_diffusion: bool = False, seed: int = 0,
+             num_iterations: int | None = None, skip_diffusion: bool = False, seed: int = 0,
              progress: bool = True) -> DemoSummary:
   """Runs every stage and writes OUTPUT/index.html; returns what was done and how long each stage took.
 
@@ -238,7 +254,8 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
     output: folder for everything (created; reruns overwrite).
     checkpoint: model checkpoint; None = the shipped demo checkpoint, or the random tiny model if none.
     images: image files / folders / .txt lists to invert (default: the shipped examples).
-    num_iterations: optimisation steps of the inversion and of the diffusion (official: 100).
+    num_iterations: optimisation steps of the inversion and of the diffusion; None = official 100, or
+      CPU_NUM_ITERATIONS for models above 32 px on a CPU (see `default_num_iterations`).
     skip_diffusion: leave out semantic diffusion (the slowest edit).
     seed: seed of the random tiny model and of the placeholder boundaries.
     progress: tqdm bars during the optimisations.
@@ -246,7 +263,7 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
   from idinvert_jax import invert_cli
   from idinvert_jax.editing import boundaries as boundaries_lib
 
-  if num_iterations < 1:
+  if num_iterations is not None and num_iterations < 1:
     raise DemoError(f"--num_iterations={num_iterations}; pass 1 or more (100 is the official setting).")
   output = Path(output).absolute()
   images = [DEFAULT_IMAGES] if not images else list(images)
@@ -254,6 +271,12 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
 
   model = stages.run("model", prepare_model, checkpoint, output, seed)
   log.info("model: %s", model.description)
+  if num_iterations is None:
+    num_iterations = default_num_iterations(model.resolution)
+    if num_iterations != OFFICIAL_NUM_ITERATIONS:
+      log.info("%d px model on a CPU: %d optimisation steps instead of the official %d to finish in minutes "
+               "(pass --num_iterations %d for the official setting)", model.resolution, num_iterations,
+               OFFICIAL_NUM_ITERATIONS, OFFICIAL_NUM_ITERATIONS)
 
   boundary_paths = find_boundaries(model.checkpoint)[:2]
   placeholder = not boundary_paths
@@ -376,8 +399,10 @@ def _inversion_section(output: Path, grid: Path, summary, num_iterations: int) -
            [["MSE ([-1, 1] scale)", m["mse"]], ["PSNR (dB)", m["psnr"]], ["SSIM", m["ssim"]],
             ["perceptual distance", "n/a (no VGG16)" if np.isnan(m["perceptual"]) else m["perceptual"]],
             ["seconds per image", m["seconds"]]])
+  loss = ("pixel + VGG16 perceptual loss" if not np.isnan(m["perceptual"])
+          else "pixel loss (no VGG16 weights: the perceptual term is off)")
   text = (f"{summary.num_done} images inverted with the in-domain method: start from the encoder's code E(x), "
-          f"then {num_iterations} Adam steps on the pixel (+ perceptual) loss with the encoder as a regulariser. "
+          f"then {num_iterations} Adam steps on the {loss} with the encoder as a regulariser. "
           "Look for: the inversion column should be closer to the original than the encoder column. Per-image "
           "metrics, snapshots and the codes (inverted_codes.npy) are in inversion/ (see inversion/index.html).")
   return report.Section("Inversion", text=text, table=table,
@@ -423,8 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "when none is shipped.")
   parser.add_argument("--images", nargs="+", default=None, help="Images to invert and edit: files, folders or "
                       f".txt lists (default: {DEFAULT_IMAGES.relative_to(REPO)}, six held-out synthetic faces).")
-  parser.add_argument("--num_iterations", type=int, default=100, help="Optimisation steps of the inversion and "
-                      "of the diffusion (official 100; fewer is faster and less exact).")
+  parser.add_argument("--num_iterations", type=int, default=None, help="Optimisation steps of the inversion and "
+                      f"of the diffusion. Default: the official {OFFICIAL_NUM_ITERATIONS}, but "
+                      f"{CPU_NUM_ITERATIONS} for models above {CPU_FULL_ITERATIONS_MAX_RESOLUTION} px on a CPU (100 "
+                      "steps of a 64 px model take far more than the demo's few minutes there).")
   parser.add_argument("--skip_diffusion", action="store_true", help="Leave out semantic diffusion.")
   parser.add_argument("--seed", type=int, default=0, help="Seed of the random tiny model and of the "
                       "placeholder boundaries (only used when no trained checkpoint/boundaries exist).")

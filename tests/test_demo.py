@@ -140,3 +140,9 @@ def test_help_explains_every_flag(capsys):
   help_text = capsys.readouterr().out
   for flag in ("--output", "--checkpoint", "--images", "--num_iterations", "--skip_diffusion", "--seed"):
     assert flag in help_text
+
+
+def test_default_iterations_are_official_except_big_models_on_cpu():
+  assert jax.default_backend() == "cpu"
+  assert demo.default_num_iterations(32) == demo.OFFICIAL_NUM_ITERATIONS == 100
+  assert demo.default_num_iterations(64) == demo.CPU_NUM_ITERATIONS < 100
