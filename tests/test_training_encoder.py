@@ -23,7 +23,7 @@ def encoder_config():
   config.model.resolution = 8
   t = config.train.encoder
   t.num_steps = NUM_STEPS
-  t.learning_rate = 1e-3  # 10x the paper's, so a 200-step run shows learning (1.3 -> ~0.4 MSE); decays x0.8 every 50 steps
+  t.learning_rate = 1e-3  # 10x the paper's: a 200-step run shows learning (1.3 -> ~0.4 MSE); x0.8 every 50 steps
   t.checkpoint_every = NUM_STEPS
   # The conv biases in front of BatchNorm have gradients that are 0 up to round-off; Adam's first steps
   # (sign(g) * lr) would turn that noise into +-lr moves that differ between device counts. eps 1e-3 keeps

@@ -222,11 +222,16 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.shar
   tcfg = config.train
   mesh_lib.check_batch_size(int(tcfg.batch_size), mesh)
   trainer = GanTrainer(config, mesh)
-  if data_iterator is None:
+  own_iterator = data_iterator is None
+  if own_iterator:
     from idinvert_jax.data.pipeline import make_train_iterator  # pylint: disable=import-outside-toplevel
     data_iterator = make_train_iterator(config.data, int(config.model.resolution), int(tcfg.batch_size), mesh,
                                         int(tcfg.seed), bool(tcfg.mirror))
-  return loop.run(trainer.stage(), config=config, workdir=workdir, data_iterator=data_iterator,
-                  num_steps=trainer.num_steps, batch_size=trainer.batch_size,
-                  checkpoint_every=int(tcfg.checkpoint_every), keep_checkpoints=int(tcfg.keep_checkpoints),
-                  log_every=int(tcfg.log_every), sample_every=int(tcfg.sample_every), show_progress=show_progress)
+  try:
+    return loop.run(trainer.stage(), config=config, workdir=workdir, data_iterator=data_iterator,
+                    num_steps=trainer.num_steps, batch_size=trainer.batch_size,
+                    checkpoint_every=int(tcfg.checkpoint_every), keep_checkpoints=int(tcfg.keep_checkpoints),
+                    log_every=int(tcfg.log_every), sample_every=int(tcfg.sample_every), show_progress=show_progress)
+  finally:
+    if own_iterator and hasattr(data_iterator, "close"):
+      data_iterator.close()  # stops the pipeline's reader threads
