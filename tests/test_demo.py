@@ -146,3 +146,18 @@ def test_default_iterations_are_official_except_big_models_on_cpu():
   assert jax.default_backend() == "cpu"
   assert demo.default_num_iterations(32) == demo.OFFICIAL_NUM_ITERATIONS == 100
   assert demo.default_num_iterations(64) == demo.CPU_NUM_ITERATIONS < 100
+
+
+def test_shipped_examples_are_what_the_tool_renders(tmp_path):
+  """assets/examples is reproducible: the tool renders the same pixels and README (held-out seed 12345)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("make_demo_assets", demo.REPO / "tools" / "make_demo_assets.py")
+  tool = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tool)
+  assert tool.EXAMPLES_SEED != tiny.get_config().data.synthetic_seed  # Not a training face.
+  made = tool.make_examples(tmp_path)
+  shipped = sorted(demo.DEFAULT_IMAGES.glob("*.png"))
+  assert [p.name for p in made] == [p.name for p in shipped]
+  for new, old in zip(made, shipped):
+    np.testing.assert_array_equal(np.asarray(Image.open(new)), np.asarray(Image.open(old)))
+  assert (tmp_path / "README.md").read_text() == (demo.DEFAULT_IMAGES / "README.md").read_text()

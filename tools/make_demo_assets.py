@@ -76,7 +76,7 @@ def make_boundaries(checkpoint: Path, num_samples: int, classifier_images: int, 
   models = ckpt.load_models(checkpoint, names=("generator",))
   resolution = int(models.config.model.resolution)
   module, variables, report = attributes.train_attribute_classifier(
-      max(resolution, synthetic_faces.MIN_RESOLUTION), classifier_images, classifier_steps, seed=seed + 1,
+      resolution, classifier_images, classifier_steps, seed=seed + 1,
       attributes=BOUNDARY_ATTRIBUTES)
   print(f"attribute predictor: {report['attributes']}")
   codes = cli.sample_codes(models, num_samples, seed, None, None, batch_size)
