@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -53,14 +54,19 @@ def run_script(script: Path, quick: bool, timeout: float) -> dict:
   """Runs one benchmark; returns its name, status, seconds, output and parsed JSON."""
   command = [sys.executable, str(script)] + (["--quick"] if quick else [])
   start = time.perf_counter()
+  # Own session, so a timeout stops the benchmark's children too (they would otherwise hold the pipes open).
+  proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=BENCH_DIR.parent, start_new_session=True)
   try:
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=BENCH_DIR.parent)
-    stdout, stderr, returncode = proc.stdout, proc.stderr, proc.returncode
-    status = "ok" if returncode == 0 else f"failed (exit {returncode})"
-  except subprocess.TimeoutExpired as e:
-    stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-    stderr = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+    stdout, stderr = proc.communicate(timeout=timeout)
+    status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate()
     status = f"timed out after {timeout:g} s"
+  except BaseException:  # Ctrl-C / SIGTERM of the runner: do not leave the benchmark running.
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise
   seconds = time.perf_counter() - start
   result = parse_bench_json(stdout)
   if status == "ok" and result is None:

@@ -90,7 +90,14 @@ def test_bench_runner_reads_the_last_json_line_and_reports_failures(tmp_path):
                   "sys.argv, 's_per_step': 0.25}))\n")
   bad = tmp_path / "bench_bad.py"
   bad.write_text("raise SystemExit(3)\n")
+  slow = tmp_path / "bench_slow.py"
+  slow.write_text("import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; "
+                  "time.sleep(60)'])\nprint('started', flush=True)\ntime.sleep(60)\n")
   results = [run_all.run_script(good, quick=True, timeout=60), run_all.run_script(bad, quick=True, timeout=60)]
+  timed_out = run_all.run_script(slow, quick=True, timeout=3)
+  # The child that also holds the output pipe is stopped with it: the runner returns right after the timeout.
+  assert timed_out["status"] == "timed out after 3 s" and timed_out["seconds"] < 30
+  assert "started" in timed_out["stdout"]
   assert results[0]["status"] == "ok" and results[0]["json"] == {"quick": True, "s_per_step": 0.25}
   assert results[1]["status"] == "failed (exit 3)" and results[1]["json"] is None
   path = run_all.write_markdown(tmp_path / "latest.md", results, quick=True)
