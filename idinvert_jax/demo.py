@@ -338,8 +338,9 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
     return _grids(folder, "style_mixing")
   style_grids = stages.run("style mixing", style_mix)
   sections.append(report.Section(
-      "Style mixing", text="Top row: the inverted faces used as content; left column: the faces whose fine "
-      "layers (the last W+ layers) replace the content's. Look for: pose and face shape follow the column "
+      "Style mixing", text="Top row: the content faces; left column: the style faces (both shown as the "
+      "originals). Each cell is the content's inverted code with its last W+ layers (the fine ones) taken "
+      "from the style's code. Look for: pose and face shape follow the column "
       "header (content), colours and fine texture follow the row (style).",
       images=[(_relative(p, output), "Style mixing grid") for p in style_grids]))
 
