@@ -17,10 +17,11 @@ Methods:
             average w tiled over the layers (`init='mean'`); typical settings 1000 steps, lr 0.01
             (`get_invert_config('optimize')`).
 
-Engine: one compiled step, vmapped over the images of a batch, so every image has its own Adam state and its
-code does not depend on which other images share the batch. Target features F(x * m) are computed once. The
-optimisation loop runs on device in chunks of `chunk_size` steps (a `lax.fori_loop` with a traced trip count,
-so every chunk length reuses one compilation); progress is shown between chunks. The batch axis is sharded over
+Engine: one compiled step over a batch of images; every image has its own loss (means over its own elements)
+and its own Adam state (vmapped optax), so its code does not depend on which other images share the batch.
+Target features F(x * m) are computed once. The optimisation loop runs on device in chunks of `chunk_size`
+steps (a `lax.fori_loop` with a traced trip count, so every chunk length reuses one compilation); progress is
+shown between chunks. The batch axis is sharded over
 a 1-D `Mesh` with axis 'data'; batches are padded to a multiple of the device count and the padding is dropped
 from the results.
 
@@ -282,22 +283,28 @@ class _Losses(NamedTuple):
   total: jax.Array
 
 
-def _image_losses(fns: ModelFns, s: _Settings, variables, w, target, target_feat, mask):
-  """Losses of ONE image (w [L,D], target [H,W,3], mask [H,W,1]) -> (total, (_Losses, reconstruction))."""
+def _batch_losses(fns: ModelFns, s: _Settings, variables, w, targets, target_feats, masks):
+  """Per-image losses of a batch (w [N,L,D], targets [N,H,W,3], masks [N,H,W,1]).
+
+  Returns (sum of the per-image totals, (_Losses of [N] arrays, reconstructions)). Every term is a mean over
+  one image's own elements and the models have no cross-image operation at inference (BatchNorm uses running
+  statistics), so the gradient of the sum w.r.t. w[i] is exactly the gradient of image i's loss: the models
+  run natively batched instead of vmapped per image (measured faster on CPU), with identical results.
+  """
   dtype = jnp.dtype(s.precision)
-  rec = fns.synthesize(variables["generator"], w[None].astype(dtype)).astype(jnp.float32)
-  pix = jnp.mean(jnp.square((target[None] - rec) * mask[None]))
-  zero = jnp.zeros((), jnp.float32)
+  rec = fns.synthesize(variables["generator"], w.astype(dtype)).astype(jnp.float32)
+  pix = jnp.mean(jnp.square((targets - rec) * masks), axis=(1, 2, 3))
+  zero = jnp.zeros(w.shape[:1], jnp.float32)
   feat = zero
   if s.loss_weight_feat:
-    rec_feat = fns.features(variables["perceptual"], (rec * mask[None]).astype(dtype)).astype(jnp.float32)
-    feat = jnp.mean(jnp.square(target_feat[None] - rec_feat))
+    rec_feat = fns.features(variables["perceptual"], (rec * masks).astype(dtype)).astype(jnp.float32)
+    feat = jnp.mean(jnp.square(target_feats - rec_feat).reshape(w.shape[0], -1), axis=1)
   enc = zero
   if s.loss_weight_enc:
     code = fns.encode(variables["encoder"], rec.astype(dtype)).astype(jnp.float32)
-    enc = jnp.mean(jnp.square(w[None] - code))
+    enc = jnp.mean(jnp.square(w - code), axis=(1, 2))
   total = s.loss_weight_pix * pix + s.loss_weight_feat * feat + s.loss_weight_enc * enc
-  return total, (_Losses(pix, feat, enc, total), rec[0])
+  return jnp.sum(total), (_Losses(pix, feat, enc, total), rec)
 
 
 class _Engine:
@@ -331,7 +338,7 @@ class _Engine:
       self._variables = (fns.variables, jax.device_put(v, self.replicated))
     return self._variables[1]
 
-  # Everything below is traced under jit; per-image functions are vmapped over the batch.
+  # Everything below is traced under jit.
 
   def _render(self, variables, w):
     dtype = jnp.dtype(self.s.precision)
@@ -359,16 +366,17 @@ class _Engine:
     opt_state = jax.vmap(self.optimizer.init)(init)
     return dict(w=init, opt_state=opt_state, enc_codes=enc_codes, enc_recs=enc_recs, feats=feats)
 
+  def _loss_and_grad(self, variables, w, batch):
+    grad_fn = jax.value_and_grad(lambda w: _batch_losses(self.fns, self.s, variables, w, batch["targets"],
+                                                         batch["feats"], batch["masks"]), has_aux=True)
+    (_, (losses, _)), grads = grad_fn(w)
+    return losses, grads
+
   def _step(self, variables, w, opt_state, targets, feats, masks):
-    grad_fn = jax.value_and_grad(lambda *a: _image_losses(self.fns, self.s, variables, *a), has_aux=True)
-    (_, (losses, _)), grads = jax.vmap(grad_fn)(w, targets, feats, masks)
+    losses, grads = self._loss_and_grad(variables, w, dict(targets=targets, feats=feats, masks=masks))
+    # One Adam state per image (vmapped optax): an image's update never sees another image's moments.
     updates, opt_state = jax.vmap(self.optimizer.update)(grads, opt_state, w)
     return optax.apply_updates(w, updates), opt_state, losses
-
-  def _loss_and_grad(self, variables, w, batch):
-    grad_fn = jax.value_and_grad(lambda *a: _image_losses(self.fns, self.s, variables, *a), has_aux=True)
-    (_, (losses, _)), grads = jax.vmap(grad_fn)(w, batch["targets"], batch["feats"], batch["masks"])
-    return losses, grads
 
   def _run_chunk(self, variables, state, batch, num_steps):
     """`num_steps` Adam steps on device; returns the new state and the losses of the last step."""
@@ -385,8 +393,7 @@ class _Engine:
 
   def _evaluate(self, variables, w, batch):
     """Losses and reconstruction at the given codes (no update)."""
-    fn = lambda *a: _image_losses(self.fns, self.s, variables, *a)[1]  # noqa: E731
-    return jax.vmap(fn)(w, batch["targets"], batch["feats"], batch["masks"])
+    return _batch_losses(self.fns, self.s, variables, w, batch["targets"], batch["feats"], batch["masks"])[1]
 
 
 _ENGINES: dict = {}
