@@ -87,14 +87,14 @@ def bench_batch(fns, settings, batch: int, steps: int, images: np.ndarray, flops
   x = jax.device_put(np.resize(images, (batch,) + images.shape[1:]), engine.batch_sharding)
   m = jax.device_put(np.ones(x.shape[:3] + (1,), np.float32), engine.batch_sharding)
   t0 = time.perf_counter()
-  prep = jax.block_until_ready(engine.prepare(variables, x, m))
+  prep = jax.block_until_ready(engine.prepare(x, m))
   state = dict(w=prep["w"], opt_state=prep["opt_state"])
   data = dict(targets=x, feats=prep["feats"], masks=m)
   one = jax.device_put(np.int32(1), engine.replicated)
-  state, _ = jax.block_until_ready(engine.run_chunk(variables, state, data, one))  # compile + 1 step
+  state, _ = jax.block_until_ready(engine.run_chunk(state, data, one))  # compile + 1 step
   compile_s = time.perf_counter() - t0
   n = jax.device_put(np.int32(steps), engine.replicated)
-  seconds = _timed(lambda: jax.block_until_ready(engine.run_chunk(variables, state, data, n))) / steps
+  seconds = _timed(lambda: jax.block_until_ready(engine.run_chunk(state, data, n))) / steps
   if flops_per_image is None:
     step = jax.jit(engine._step).lower(variables, state["w"], state["opt_state"], x, prep["feats"], m).compile()
     flops_per_image = _flops(step) / batch
