@@ -20,8 +20,8 @@ Methods:
 Engine: one compiled step over a batch of images; every image has its own loss (means over its own elements)
 and its own Adam state (vmapped optax), so its code does not depend on which other images share the batch.
 Target features F(x * m) are computed once. The optimisation loop runs on device in chunks of `chunk_size`
-steps (a `lax.fori_loop` with a traced trip count, so every chunk length reuses one compilation); progress is
-shown between chunks. The batch axis is sharded over
+steps (one compiled step dispatched asynchronously: no host sync inside a chunk; a lax.fori_loop was 2.9x
+slower on XLA:CPU); progress is shown between chunks. The batch axis is sharded over
 a 1-D `Mesh` with axis 'data'; batches are padded to a multiple of the device count and the padding is dropped
 from the results.
 
@@ -327,7 +327,7 @@ class _Engine:
       return jax.jit(lambda *args: fn(consts, *args), in_shardings=in_shardings, out_shardings=batch)
 
     self.prepare = baked(self._prepare, (batch, batch))
-    self.run_chunk = baked(self._run_chunk, (batch, batch, replicated))
+    self.step = baked(self._state_step, (batch, batch))
     self.evaluate = baked(self._evaluate, (batch, batch))
     self.render = baked(self._render, (batch,))
     self.loss_and_grad = baked(self._loss_and_grad, (batch, batch))
@@ -383,18 +383,21 @@ class _Engine:
     updates, opt_state = jax.vmap(self.optimizer.update)(grads, opt_state, w)
     return optax.apply_updates(w, updates), opt_state, losses
 
-  def _run_chunk(self, variables, state, batch, num_steps):
-    """`num_steps` Adam steps on device; returns the new state and the losses of the last step."""
-    targets, feats, masks = batch["targets"], batch["feats"], batch["masks"]
-    zeros = jnp.zeros(targets.shape[:1], jnp.float32)
-
-    def body(_, carry):
-      w, opt_state, _ = carry
-      return self._step(variables, w, opt_state, targets, feats, masks)
-
-    w, opt_state, losses = jax.lax.fori_loop(
-        0, num_steps, body, (state["w"], state["opt_state"], _Losses(zeros, zeros, zeros, zeros)))
+  def _state_step(self, variables, state, batch):
+    w, opt_state, losses = self._step(variables, state["w"], state["opt_state"], batch["targets"], batch["feats"],
+                                      batch["masks"])
     return dict(w=w, opt_state=opt_state), losses
+
+  def run_chunk(self, state, batch, num_steps):
+    """`num_steps` Adam steps, dispatched asynchronously (no host sync inside a chunk); losses of the last.
+
+    A Python loop of one compiled step rather than lax.fori_loop: XLA:CPU ran the same step 2.9x slower inside
+    a while loop at 256 px (3.9 s vs 11.4 s per step, measured), and dispatch overhead is negligible here.
+    """
+    losses = None
+    for _ in range(int(num_steps)):
+      state, losses = self.step(state, batch)
+    return state, losses
 
   def _evaluate(self, variables, w, batch):
     """Losses and reconstruction at the given codes (no update)."""
@@ -583,8 +586,7 @@ def _invert_batch(engine: _Engine, variables, s: _Settings, x: np.ndarray, m: np
     bounds = sorted(set(range(chunk, s.num_iterations, chunk)) | set(snap_steps) | {s.num_iterations})
     done = 0
     for bound in bounds:
-      state, losses = engine.run_chunk(state, batch,
-                                       jax.device_put(np.int32(bound - done), engine.replicated))
+      state, losses = engine.run_chunk(state, batch, bound - done)
       losses = {k: np.asarray(v)[:real] for k, v in losses._asdict().items()}
       history.append((bound, losses))
       if bound in snap_steps:
