@@ -9,6 +9,9 @@ Its modules (models/stylegan_generator_network.py, models/stylegan_encoder_netwo
 models/perceptual_model.py) are imported from that path; they are instantiated with seeded random weights and
 their state_dicts, inputs and outputs are saved. Needs torch (CPU is enough).
 
+  --indomain  instead writes the in-domain inversion fixture (indomain32_*): a 32-px generator and encoder, the
+              synthetic VGG16, targets x and W+ codes w, the official inverter's loss terms, d loss / d w
+              (float32 and float64) and torch.optim.Adam codes after 1 and 5 steps.
   --full256   instead compares the full 256-px official generator + encoder (random weights) against ours and
               prints the max errors (slow; nothing is written).
 """
@@ -32,6 +35,12 @@ GENERATOR = dict(resolution=128, z_dim=16, w_dim=16, mapping_layers=8, fmaps_bas
 ENCODER = dict(resolution=64, w_dim=16, channels_base=8, channels_max=32)
 VGG_SEED, VGG_SIZE, VGG_OUTPUTS = 1234, 32, {"conv3_3": 16, "conv4_3": 23}  # name -> official output_layer_idx
 BATCH = 2
+# In-domain inversion fixture: generator and encoder at the same resolution (encoder 8->16->16 channels covers
+# the shortcut and the identity blocks); the official inverter's weights and Adam settings.
+INDOMAIN_GENERATOR = dict(GENERATOR, resolution=32)
+INDOMAIN_ENCODER = dict(resolution=32, w_dim=16, channels_base=8, channels_max=16)
+INDOMAIN_WEIGHTS = dict(feat=5e-5, enc=2.0)
+INDOMAIN_LR, INDOMAIN_STEPS = 0.01, 5
 
 
 def _import_official(path: str):
@@ -150,6 +159,90 @@ def make_fixtures(official: str, out: str):
     print(f"{name}: {os.path.getsize(os.path.join(out, name))} bytes")
 
 
+def indomain_losses(G, E, F, x, w):
+  """The official utils/inverter.py `invert` loss for ONE image (batch of 1, as the official loop).
+
+  x [1, 3, H, W], w [1, L, D] (requires grad). Returns (pix, feat, enc, total) torch scalars.
+  """
+  x_rec = G.synthesis(w)
+  pix = torch.mean((x - x_rec) ** 2)
+  feat = torch.mean((F(x) - F(x_rec)) ** 2)  # The official PerceptualModel does not resize.
+  enc = torch.mean((w - E(x_rec).view(1, *w.shape[1:])) ** 2)
+  return pix, feat, enc, pix + INDOMAIN_WEIGHTS["feat"] * feat + INDOMAIN_WEIGHTS["enc"] * enc
+
+
+def indomain_terms_and_grad(G, E, F, x, w):
+  """Per-image loss terms [N, 4] (pix, feat, enc, total) and d total / d w [N, L, D], image by image."""
+  terms, grads = [], []
+  for i in range(x.shape[0]):
+    wi = w[i:i + 1].clone().requires_grad_(True)
+    values = indomain_losses(G, E, F, x[i:i + 1], wi)
+    grads.append(torch.autograd.grad(values[-1], wi)[0][0])
+    terms.append(torch.stack([v.detach() for v in values]))
+  return torch.stack(terms).numpy(), torch.stack(grads).numpy()
+
+
+def indomain_adam(G, E, F, x, w, steps):
+  """Codes after each of `steps` torch.optim.Adam updates (lr 0.01), one optimiser per image as the official."""
+  codes = []
+  for i in range(x.shape[0]):
+    wi = w[i:i + 1].clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([wi], lr=INDOMAIN_LR)
+    per_step = []
+    for _ in range(steps):
+      loss = indomain_losses(G, E, F, x[i:i + 1], wi)[-1]
+      optimizer.zero_grad()
+      loss.backward()
+      optimizer.step()
+      per_step.append(wi.detach()[0].clone())
+    codes.append(torch.stack(per_step))
+  return torch.stack(codes, dim=1).numpy()  # [steps, N, L, D]
+
+
+def make_indomain_fixture(official: str, out: str):
+  """indomain32_generator.pth, indomain32_encoder.pth and indomain32_io.npz (see tests/fixtures/README.md)."""
+  net_lib, enc_lib, vgg_lib = _import_official(official)
+  os.makedirs(out, exist_ok=True)
+  gen = torch.Generator().manual_seed(2)
+  torch.manual_seed(2)
+  G = official_generator(net_lib, INDOMAIN_GENERATOR)
+  randomise_generator(G, gen)
+  E = official_encoder(enc_lib, INDOMAIN_ENCODER)
+  randomise_encoder(E, gen)
+  assert G.num_layers == E.num_layers, (G.num_layers, E.num_layers)
+  from idinvert_jax.convert import vgg16 as convert_vgg16  # pylint: disable=g-import-not-at-top
+  F = vgg_lib.VGG16(output_layer_idx=VGG_OUTPUTS["conv4_3"]).eval()
+  F.load_state_dict({k: torch.from_numpy(v) for k, v in
+                     convert_vgg16.synthetic_official_vgg16_state_dict(VGG_SEED).items()})
+  for p in list(G.parameters()) + list(E.parameters()) + list(F.parameters()):
+    p.requires_grad_(False)
+  res = INDOMAIN_GENERATOR["resolution"]
+  x = torch.rand(BATCH, 3, res, res, generator=gen) * 2 - 1
+  w = torch.randn(BATCH, G.num_layers, INDOMAIN_GENERATOR["w_dim"], generator=gen)
+  with torch.no_grad():
+    w_encoder = E(x).view(BATCH, G.num_layers, INDOMAIN_GENERATOR["w_dim"])
+  torch.save(G.state_dict(), os.path.join(out, "indomain32_generator.pth"))
+  torch.save(E.state_dict(), os.path.join(out, "indomain32_encoder.pth"))
+
+  terms, grad = indomain_terms_and_grad(G, E, F, x, w)
+  adam_from_w = indomain_adam(G, E, F, x, w, INDOMAIN_STEPS)
+  adam_from_encoder = indomain_adam(G, E, F, x, w_encoder, INDOMAIN_STEPS)
+  # float64 reference of the same computation: how much of any difference is float32 rounding.
+  G.double(), E.double(), F.double()
+  F.mean = F.mean.double()
+  terms64, grad64 = indomain_terms_and_grad(G, E, F, x.double(), w.double())
+  _save_npz(os.path.join(out, "indomain32_io.npz"), vgg_seed=np.int64(VGG_SEED), x=nhwc(x), w=w.numpy(),
+            w_encoder=w_encoder.numpy(), terms=terms, grad=grad, terms64=terms64, grad64=grad64,
+            adam_from_w=adam_from_w, adam_from_encoder=adam_from_encoder,
+            learning_rate=np.float32(INDOMAIN_LR), loss_weight_feat=np.float32(INDOMAIN_WEIGHTS["feat"]),
+            loss_weight_enc=np.float32(INDOMAIN_WEIGHTS["enc"]))
+  print("terms (pix, feat, enc, total):\n", terms)
+  print("float32 vs float64 torch:", _errors(terms, terms64), "| grad", _errors(grad, grad64))
+  for name in sorted(os.listdir(out)):
+    if name.startswith("indomain"):
+      print(f"{name}: {os.path.getsize(os.path.join(out, name))} bytes")
+
+
 def _errors(ours, ref) -> str:
   ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
   err = np.abs(ours - ref).max()
@@ -203,10 +296,13 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--official", required=True, help="path of an idinvert_pytorch checkout (outside this repo)")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
+  parser.add_argument("--indomain", action="store_true", help="write the in-domain inversion fixture instead")
   parser.add_argument("--full256", action="store_true", help="compare the full 256-px models instead")
   args = parser.parse_args()
   if args.full256:
     full256(args.official)
+  elif args.indomain:
+    make_indomain_fixture(args.official, args.out)
   else:
     make_fixtures(args.official, args.out)
 
