@@ -231,13 +231,20 @@ def make_indomain_fixture(official: str, out: str):
   G.double(), E.double(), F.double()
   F.mean = F.mean.double()
   terms64, grad64 = indomain_terms_and_grad(G, E, F, x.double(), w.double())
+  adam64_from_w = indomain_adam(G, E, F, x.double(), w.double(), INDOMAIN_STEPS)
+  adam64_from_encoder = indomain_adam(G, E, F, x.double(), w_encoder.double(), INDOMAIN_STEPS)
   _save_npz(os.path.join(out, "indomain32_io.npz"), vgg_seed=np.int64(VGG_SEED), x=nhwc(x), w=w.numpy(),
             w_encoder=w_encoder.numpy(), terms=terms, grad=grad, terms64=terms64, grad64=grad64,
             adam_from_w=adam_from_w, adam_from_encoder=adam_from_encoder,
+            adam64_from_w=adam64_from_w, adam64_from_encoder=adam64_from_encoder,
             learning_rate=np.float32(INDOMAIN_LR), loss_weight_feat=np.float32(INDOMAIN_WEIGHTS["feat"]),
             loss_weight_enc=np.float32(INDOMAIN_WEIGHTS["enc"]))
   print("terms (pix, feat, enc, total):\n", terms)
   print("float32 vs float64 torch:", _errors(terms, terms64), "| grad", _errors(grad, grad64))
+  for step in (1, INDOMAIN_STEPS):
+    print(f"Adam codes after {step} step(s), float32 vs float64 torch: from w",
+          _errors(adam_from_w[step - 1], adam64_from_w[step - 1]), "| from E(x)",
+          _errors(adam_from_encoder[step - 1], adam64_from_encoder[step - 1]))
   for name in sorted(os.listdir(out)):
     if name.startswith("indomain"):
       print(f"{name}: {os.path.getsize(os.path.join(out, name))} bytes")
