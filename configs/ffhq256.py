@@ -6,9 +6,9 @@ Convert the released weights, then invert real faces (100 in-domain iterations p
       --encoder styleganinv_ffhq256_encoder.pth --vgg vgg16.pth --config configs/ffhq256.py --output ckpt_ffhq256
   python invert.py --checkpoint ckpt_ffhq256 --images examples/ --output out_ffhq256
 produces out_ffhq256/ with per-image reconstructions, W+ codes (.npy) and an HTML summary.
-Training from scratch (needs a multi-GPU machine and FFHQ):
-  python train.py --config configs/ffhq256.py --workdir runs/ffhq256 --config.data.source=tfds \
-      --config.data.tfds_name=ffhq
+Training from scratch (needs an accelerator pod and the FFHQ images in a folder):
+  python train.py --config configs/ffhq256.py --workdir runs/ffhq256 --config.data.source=folder \
+      --config.data.path=/data/ffhq
 """
 from configs import common
 
