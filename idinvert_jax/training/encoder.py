@@ -51,7 +51,7 @@ def resolve_generator_source(config: ml_collections.ConfigDict, workdir: str) ->
                           "in this workdir first (--stage gan) or pass --config.train.generator_checkpoint=DIR")
 
 
-class EncoderTrainer:
+class EncoderTrainer(loop.StateShapesMixin):
   """Builds the modules, the frozen inputs, the initial state and the sharded train step of stage 2."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
@@ -109,23 +109,6 @@ class EncoderTrainer:
         "e_opt": self.e_tx.init(encoder_vars["params"]),
         "d_opt": self.d_tx.init(d_params),
     }
-
-  def init_state(self) -> dict[str, Any]:
-    if self._jitted_init is None:  # one compile per trainer, however often a run starts fresh
-      self._jitted_init = jax.jit(self._init_state_unsharded, out_shardings=self.state_shardings)
-    return self._jitted_init()
-
-  def abstract_state(self) -> Any:
-    if self._abstract_state is None:
-      self._abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                          self._state_shapes, self.state_shardings)
-    return self._abstract_state
-
-  def abstract_images(self) -> jax.ShapeDtypeStruct:
-    res = int(self.config.model.resolution)
-    channels = int(self.config.model.get("image_channels", 3))
-    return jax.ShapeDtypeStruct((int(self.tcfg.batch_size), res, res, channels), jnp.float32,
-                                sharding=self.images_sharding)
 
   def lower(self):
     """The train step lowered for abstract inputs (nothing runs): .compile() for the AOT check."""

@@ -50,7 +50,7 @@ def mix_styles(wp: jax.Array, wp_other: jax.Array, rng: jax.Array, prob: float) 
   return jnp.where(use_first, wp, wp_other)
 
 
-class GanTrainer:
+class GanTrainer(loop.StateShapesMixin):
   """Builds the modules, the initial state and the sharded train step of stage 1."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
@@ -97,22 +97,6 @@ class GanTrainer:
         "g_opt": self.g_tx.init(g_vars["params"]),
         "d_opt": self.d_tx.init(d_vars["params"]),
     }
-
-  def init_state(self) -> dict[str, Any]:
-    if self._jitted_init is None:  # one compile per trainer, however often a run starts fresh
-      self._jitted_init = jax.jit(self._init_state_unsharded, out_shardings=self.state_shardings)
-    return self._jitted_init()
-
-  def abstract_state(self) -> Any:
-    if self._abstract_state is None:
-      self._abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                          self._state_shapes, self.state_shardings)
-    return self._abstract_state
-
-  def abstract_images(self) -> jax.ShapeDtypeStruct:
-    res = int(self.config.model.resolution)
-    channels = int(self.config.model.get("image_channels", 3))
-    return jax.ShapeDtypeStruct((self.batch_size, res, res, channels), jnp.float32, sharding=self.images_sharding)
 
   def lower(self):
     """The train step lowered for abstract inputs (nothing runs): .compile() for the AOT check."""

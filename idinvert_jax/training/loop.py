@@ -14,6 +14,7 @@ import shutil
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -161,3 +162,26 @@ def step_rng(base_rng: jax.Array, step: jax.Array) -> jax.Array:
   return jax.random.fold_in(base_rng, step)
 
 
+class StateShapesMixin:
+  """Initial, abstract and input shapes shared by the stage trainers.
+
+  Needs `_init_state_unsharded()`, `_state_shapes`, `state_shardings`, `images_sharding`, `config`, `tcfg`, and
+  `_jitted_init = _abstract_state = None` set in `__init__`.
+  """
+
+  def init_state(self) -> dict[str, Any]:
+    if self._jitted_init is None:  # one compile per trainer, however often a run starts fresh
+      self._jitted_init = jax.jit(self._init_state_unsharded, out_shardings=self.state_shardings)
+    return self._jitted_init()
+
+  def abstract_state(self) -> Any:
+    if self._abstract_state is None:
+      self._abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                          self._state_shapes, self.state_shardings)
+    return self._abstract_state
+
+  def abstract_images(self) -> jax.ShapeDtypeStruct:
+    res = int(self.config.model.resolution)
+    channels = int(self.config.model.get("image_channels", 3))
+    return jax.ShapeDtypeStruct((int(self.tcfg.batch_size), res, res, channels), jnp.float32,
+                                sharding=self.images_sharding)
