@@ -30,6 +30,16 @@ flags.DEFINE_string("cpu_collectives", None, "CPU collectives backend for multi-
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def moved_flag_error(argv) -> str | None:
+  """A one-line error for command-line overrides of settings that moved (config_flags would only raise a bare
+  AttributeError for them), or None."""
+  for arg in argv[1:]:
+    if arg.split("=", 1)[0] in ("--config.data.mirror", "-config.data.mirror"):
+      return ("train.py: config.data.mirror no longer exists (training never read it); mirroring is set per "
+              "stage: use --config.train.gan.mirror=... and/or --config.train.encoder.mirror=...")
+  return None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -74,4 +84,8 @@ def print_compile_report(training, config, stage, mesh):
 
 
 if __name__ == "__main__":
+  import sys
+  error = moved_flag_error(sys.argv)
+  if error:
+    sys.exit(error)
   app.run(main)

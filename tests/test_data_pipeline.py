@@ -44,7 +44,7 @@ def mesh():
 
 def test_global_batches_are_sharded_and_cover_each_example_once_per_epoch(tmp_path, mesh):
   num, batch = 48, 16
-  it = pipeline.make_train_iterator(_config(_indexed_array(tmp_path, num)), RES, batch, mesh, seed=3)
+  it = pipeline.make_train_iterator(_config(_indexed_array(tmp_path, num)), RES, batch, mesh, seed=3, mirror=False)
   epochs = []
   for _ in range(2):
     seen = []
@@ -67,10 +67,10 @@ def test_global_batches_are_sharded_and_cover_each_example_once_per_epoch(tmp_pa
 def test_hosts_read_disjoint_slices_of_the_same_global_batches(tmp_path):
   num, batch = 24, 8
   path = _indexed_array(tmp_path, num)
-  single = pipeline.make_train_iterator(_config(path), RES, batch, None, seed=9)
+  single = pipeline.make_train_iterator(_config(path), RES, batch, None, seed=9, mirror=False)
   reference = [single.next_local()[1] for _ in range(6)]  # Two epochs.
   for hosts in (2, 4, 8):
-    readers = [pipeline.make_train_iterator(_config(path), RES, batch, None, seed=9, process_index=p,
+    readers = [pipeline.make_train_iterator(_config(path), RES, batch, None, seed=9, mirror=False, process_index=p,
                                             process_count=hosts) for p in range(hosts)]
     for step in range(6):
       slices = [reader.next_local() for reader in readers]
@@ -83,10 +83,10 @@ def test_hosts_read_disjoint_slices_of_the_same_global_batches(tmp_path):
 
 def test_seed_changes_the_order_and_shuffle_off_reads_in_order(tmp_path):
   path = _indexed_array(tmp_path, 16)
-  first = pipeline.make_train_iterator(_config(path), RES, 16, None, seed=1).next_local()[1]
-  second = pipeline.make_train_iterator(_config(path), RES, 16, None, seed=2).next_local()[1]
+  first = pipeline.make_train_iterator(_config(path), RES, 16, None, seed=1, mirror=False).next_local()[1]
+  second = pipeline.make_train_iterator(_config(path), RES, 16, None, seed=2, mirror=False).next_local()[1]
   assert list(first) != list(second) and sorted(first) == sorted(second)
-  ordered = pipeline.make_train_iterator(_config(path, shuffle=False), RES, 8, None, seed=1)
+  ordered = pipeline.make_train_iterator(_config(path, shuffle=False), RES, 8, None, seed=1, mirror=False)
   np.testing.assert_array_equal(ordered.next_local()[1], np.arange(8))
 
 
@@ -107,7 +107,7 @@ def _folder_with_bad_files(tmp_path, num_good):
 
 def test_bad_files_are_skipped_counted_and_named(tmp_path, mesh):
   folder, bad = _folder_with_bad_files(tmp_path, num_good=12)
-  it = pipeline.make_train_iterator(_config(folder, source="folder"), RES, 8, mesh, seed=0)
+  it = pipeline.make_train_iterator(_config(folder, source="folder"), RES, 8, mesh, seed=0, mirror=False)
   assert len(it.source) == 16
   good = []
   for _ in range(3):  # 24 good examples = two epochs of the 12 good files; every bad file is met twice.
@@ -128,22 +128,22 @@ def test_all_bad_source_raises_instead_of_looping(tmp_path):
   folder.mkdir()
   for i in range(3):
     (folder / f"b{i}.png").write_text("nope")
-  it = pipeline.make_train_iterator(_config(folder, source="folder"), RES, 2, None, seed=0)
+  it = pipeline.make_train_iterator(_config(folder, source="folder"), RES, 2, None, seed=0, mirror=False)
   with pytest.raises(ValueError, match=r"3 images in a row could not be used .*b\d.png"):
     it.next_local()
 
 
 def test_resume_reproduces_the_uninterrupted_stream(tmp_path, mesh):
   folder, _ = _folder_with_bad_files(tmp_path, num_good=10)  # Bad files + mirroring make the state non-trivial.
-  cfg = _config(folder, source="folder", mirror=True)
-  uninterrupted = pipeline.make_train_iterator(cfg, RES, 8, mesh, seed=4)
+  cfg = _config(folder, source="folder")
+  uninterrupted = pipeline.make_train_iterator(cfg, RES, 8, mesh, seed=4, mirror=True)
   expected = [np.asarray(next(uninterrupted)) for _ in range(7)]
 
-  first = pipeline.make_train_iterator(cfg, RES, 8, mesh, seed=4)
+  first = pipeline.make_train_iterator(cfg, RES, 8, mesh, seed=4, mirror=True)
   for k in range(3):
     np.testing.assert_array_equal(np.asarray(next(first)), expected[k])
   state = json.loads(json.dumps(first.get_state()))  # Must survive a JSON round trip (trainer checkpoints).
-  resumed = pipeline.make_train_iterator(cfg, RES, 8, mesh, seed=4)
+  resumed = pipeline.make_train_iterator(cfg, RES, 8, mesh, seed=4, mirror=True)
   resumed.set_state(state)
   for k in range(3, 7):
     np.testing.assert_array_equal(np.asarray(next(resumed)), expected[k])
@@ -152,7 +152,7 @@ def test_resume_reproduces_the_uninterrupted_stream(tmp_path, mesh):
 
 def test_mirror_flips_deterministically(tmp_path):
   path = _indexed_array(tmp_path, 32)
-  plain = pipeline.make_train_iterator(_config(path), RES, 32, None, seed=5).next_local()[0]
+  plain = pipeline.make_train_iterator(_config(path), RES, 32, None, seed=5, mirror=False).next_local()[0]
   mirrored = pipeline.make_train_iterator(_config(path), RES, 32, None, seed=5, mirror=True).next_local()[0]
   again = pipeline.make_train_iterator(_config(path), RES, 32, None, seed=5, mirror=True).next_local()[0]
   np.testing.assert_array_equal(mirrored, again)
@@ -162,10 +162,17 @@ def test_mirror_flips_deterministically(tmp_path):
   assert np.all(mirrored[flipped][:, :, -1] == 0)  # The dark column moved to the right edge.
 
 
+def test_mirror_is_a_training_argument_not_a_data_setting(tmp_path):
+  # One owner: config.train.<stage>.mirror, passed explicitly; config.data has no field that could disagree.
+  assert "mirror" not in get_data_config()
+  with pytest.raises(TypeError, match="mirror"):
+    pipeline.make_train_iterator(_config(_indexed_array(tmp_path, 8)), RES, 8, None, seed=0)
+
+
 def test_state_from_another_stream_is_rejected(tmp_path):
   path = _indexed_array(tmp_path, 16)
-  state = pipeline.make_train_iterator(_config(path), RES, 8, None, seed=1).get_state()
-  other = pipeline.make_train_iterator(_config(path), RES, 8, None, seed=2)
+  state = pipeline.make_train_iterator(_config(path), RES, 8, None, seed=1, mirror=False).get_state()
+  other = pipeline.make_train_iterator(_config(path), RES, 8, None, seed=2, mirror=False)
   with pytest.raises(ValueError, match="seed=1, this run has 2"):
     other.set_state(state)
   with pytest.raises(ValueError, match="version"):
@@ -175,17 +182,18 @@ def test_state_from_another_stream_is_rejected(tmp_path):
 def test_batch_size_must_fit_devices_and_hosts(tmp_path, mesh):
   path = _indexed_array(tmp_path, 16)
   with pytest.raises(ValueError, match="not divisible by the 8 devices"):
-    pipeline.make_train_iterator(_config(path), RES, 12, mesh, seed=0)
+    pipeline.make_train_iterator(_config(path), RES, 12, mesh, seed=0, mirror=False)
   with pytest.raises(ValueError, match="multiple of the number of processes"):
-    pipeline.make_train_iterator(_config(path), RES, 6, None, seed=0, process_count=4, process_index=0)
+    pipeline.make_train_iterator(_config(path), RES, 6, None, seed=0, mirror=False, process_count=4,
+                                 process_index=0)
   with pytest.raises(ValueError, match="no 'data' axis"):
-    pipeline.make_train_iterator(_config(path), RES, 8, jax.make_mesh((8,), ("batch",)), seed=0)
+    pipeline.make_train_iterator(_config(path), RES, 8, jax.make_mesh((8,), ("batch",)), seed=0, mirror=False)
 
 
 def test_synthetic_default_config_trains_out_of_the_box(mesh):
   cfg = get_data_config()
   cfg.synthetic_num = 16
-  it = pipeline.make_train_iterator(cfg, 32, 8, mesh, seed=0)
+  it = pipeline.make_train_iterator(cfg, 32, 8, mesh, seed=0, mirror=False)
   images = np.asarray(next(it))
   assert images.shape == (8, 32, 32, 3) and -1.0 <= images.min() < images.max() <= 1.0
 
@@ -194,14 +202,14 @@ def test_worker_processes_give_the_same_resumable_stream(mesh):
   # grain worker processes get pickled copies of the source (the synthetic one drops its cache on the way).
   cfg = get_data_config()
   cfg.synthetic_num = 24
-  with pipeline.make_train_iterator(cfg, 32, 8, mesh, seed=6) as in_process:
+  with pipeline.make_train_iterator(cfg, 32, 8, mesh, seed=6, mirror=False) as in_process:
     expected = [np.asarray(next(in_process)) for _ in range(4)]
   cfg.worker_count = 1
-  with pipeline.make_train_iterator(cfg, 32, 8, mesh, seed=6) as workers:
+  with pipeline.make_train_iterator(cfg, 32, 8, mesh, seed=6, mirror=False) as workers:
     for k in range(2):
       np.testing.assert_array_equal(np.asarray(next(workers)), expected[k])
     state = json.loads(json.dumps(workers.get_state()))
-  with pipeline.make_train_iterator(cfg, 32, 8, mesh, seed=6) as resumed:
+  with pipeline.make_train_iterator(cfg, 32, 8, mesh, seed=6, mirror=False) as resumed:
     resumed.set_state(state)
     for k in range(2, 4):
       np.testing.assert_array_equal(np.asarray(next(resumed)), expected[k])

@@ -1,6 +1,8 @@
 """Training building blocks without models: losses, style mixing, EMA, mesh, config merging, checkpoints, signals."""
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +10,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import tiny
 from idinvert_jax import losses
 from idinvert_jax import training
 from idinvert_jax.training import checkpointing
 from idinvert_jax.training import encoder as encoder_training
 from idinvert_jax.training import gan as gan_training
+from idinvert_jax.training import loop
 from idinvert_jax.training import mesh as mesh_lib
 
 
@@ -112,6 +116,25 @@ def test_stage_config_merges_defaults_flat_and_per_stage_keys():
     training.stage_config(bad, "gan")
   with pytest.raises(ValueError, match="unknown training stage"):
     training.get_train_config("vae")
+
+
+def test_a_leftover_config_data_mirror_is_refused_naming_the_stage_key(tmp_path):
+  loop.check_mirror_owner(training.stage_config(tiny.get_config(), "gan"), "gan")  # default configs pass
+  config = tiny.get_config()
+  config.data.mirror = True  # an old config file (ConfigDicts accept new fields); training never read it
+  config.train.gan.mirror = False
+  with pytest.raises(ValueError, match=r"config\.data\.mirror=True is not read by training.*"
+                                       r"config\.train\.gan\.mirror \(now False\): use config\.train\.<stage>\.mirror"):
+    training.train(config, str(tmp_path / "workdir"), "gan")
+  assert not (tmp_path / "workdir").exists()  # refused before anything was written
+
+
+def test_train_cli_explains_the_moved_mirror_flag(tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "train.py", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
+                         "--config.data.mirror=True"], cwd=repo, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "use --config.train.gan.mirror=... and/or --config.train.encoder.mirror" in proc.stderr, proc.stderr
 
 
 # ----- mesh -----

@@ -3,8 +3,8 @@
 - `get_data_config()`: defaults of `config.data` (which source, how to preprocess).
 - `sources.open_source(config.data, resolution)`, `sources.expand_inputs(paths)`: the `ImageSource` layer.
 - `preprocess.load_image(path, resolution, resize='resize')`, `preprocess.load_images(...)`: inversion inputs.
-- `pipeline.make_train_iterator(config.data, resolution, global_batch_size, mesh, seed)`: sharded training
-  batches with a resumable, JSON-serialisable state.
+- `pipeline.make_train_iterator(config.data, resolution, global_batch_size, mesh, seed, mirror=...)`: sharded
+  training batches with a resumable, JSON-serialisable state (mirror comes from config.train.<stage>.mirror).
 - `synthetic_faces`: the embedded labelled dataset; attributes are documented in its module docstring.
 """
 import ml_collections
@@ -37,7 +37,7 @@ def get_data_config() -> ml_collections.ConfigDict:
   cfg.resample = "lanczos"
   cfg.background = (255, 255, 255)  # RGB behind transparent pixels.
   cfg.min_size_fraction = 0.25  # Images with a side < fraction * resolution are rejected as too small.
-  cfg.mirror = False  # Random horizontal flips in training (deterministic from the seed and position).
+  # No `mirror` here: horizontal flips are a training setting with one owner, config.train.<stage>.mirror.
   cfg.shuffle = True
   # grain: worker processes (0 = read in the main process; >0 needs an `if __name__ == '__main__'` guard),
   # reader threads and prefetch depth per process.

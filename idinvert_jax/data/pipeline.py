@@ -217,15 +217,17 @@ class TrainIterator:
     self.last_position = int(state["last_position"])
 
 
-def make_train_iterator(data_cfg, resolution: int, global_batch_size: int, mesh: Mesh | None, seed: int,
-                        mirror: bool | None = None, **overrides) -> TrainIterator:
-  """The training iterator for `config.data` (see `get_data_config`); `mirror=None` uses `data_cfg.mirror`.
+def make_train_iterator(data_cfg, resolution: int, global_batch_size: int, mesh: Mesh | None, seed: int, *,
+                        mirror: bool, **overrides) -> TrainIterator:
+  """The training iterator for `config.data` (see `get_data_config`).
 
-  `overrides` go to TrainIterator (e.g. process_index/process_count to simulate hosts, data_axis).
+  `mirror` (random horizontal flips) is passed by the trainer from config.train.<stage>.mirror, its only owner;
+  config.data has no mirror field. `overrides` go to TrainIterator (e.g. process_index/process_count to simulate
+  hosts, data_axis).
   """
   source = sources.open_source(data_cfg, resolution)
-  options = dict(mirror=data_cfg.mirror if mirror is None else mirror, shuffle=data_cfg.shuffle,
-                 resize=data_cfg.resize, resample=data_cfg.resample, min_size_fraction=data_cfg.min_size_fraction,
+  options = dict(mirror=bool(mirror), shuffle=data_cfg.shuffle, resize=data_cfg.resize,
+                 resample=data_cfg.resample, min_size_fraction=data_cfg.min_size_fraction,
                  worker_count=data_cfg.worker_count, num_threads=data_cfg.num_threads,
                  prefetch_buffer_size=data_cfg.prefetch_buffer_size)
   options.update(overrides)

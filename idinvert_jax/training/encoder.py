@@ -238,13 +238,12 @@ def train_encoder(config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.get("mesh"))
   tcfg = config.train
   mesh_lib.check_batch_size(int(tcfg.batch_size), mesh)
+  loop.check_mirror_owner(config, "encoder")  # before any model is built or loaded
   frozen_models = frozen_models if frozen_models is not None else load_frozen_models(config, workdir)
   trainer = EncoderTrainer(config, mesh, **frozen_models)
   own_iterator = data_iterator is None
   if own_iterator:
-    from idinvert_jax.data.pipeline import make_train_iterator  # pylint: disable=import-outside-toplevel
-    data_iterator = make_train_iterator(config.data, int(config.model.resolution), int(tcfg.batch_size), mesh,
-                                        int(tcfg.seed), bool(tcfg.mirror))
+    data_iterator = loop.make_data_iterator(config, mesh, "encoder")
   try:
     return loop.run(trainer.stage(), config=config, workdir=workdir, data_iterator=data_iterator,
                     num_steps=trainer.num_steps, batch_size=int(tcfg.batch_size),

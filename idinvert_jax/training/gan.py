@@ -205,12 +205,11 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.shar
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.get("mesh"))
   tcfg = config.train
   mesh_lib.check_batch_size(int(tcfg.batch_size), mesh)
+  loop.check_mirror_owner(config, "gan")  # before any model is built or loaded
   trainer = GanTrainer(config, mesh)
   own_iterator = data_iterator is None
   if own_iterator:
-    from idinvert_jax.data.pipeline import make_train_iterator  # pylint: disable=import-outside-toplevel
-    data_iterator = make_train_iterator(config.data, int(config.model.resolution), int(tcfg.batch_size), mesh,
-                                        int(tcfg.seed), bool(tcfg.mirror))
+    data_iterator = loop.make_data_iterator(config, mesh, "gan")
   try:
     return loop.run(trainer.stage(), config=config, workdir=workdir, data_iterator=data_iterator,
                     num_steps=trainer.num_steps, batch_size=trainer.batch_size,

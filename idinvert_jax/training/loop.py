@@ -120,6 +120,30 @@ def run(stage: Stage, *, config: Any, workdir: str, data_iterator: Iterator[jax.
   return RunResult(state=state, step=step, start_step=start_step, preempted=preempted, metrics=metrics)
 
 
+def check_mirror_owner(config: Any, stage: str) -> None:
+  """config.train.<stage>.mirror is the only mirror setting; a leftover config.data.mirror is refused.
+
+  It used to exist with a different default (False vs True) and training silently ignored it, so a config that
+  still sets it expects something this code does not do.
+  """
+  data_cfg = config.get("data") if hasattr(config, "get") else None
+  if data_cfg is not None and "mirror" in data_cfg:
+    raise ValueError(f"config.data.mirror={data_cfg['mirror']} is not read by training; horizontal flips are set "
+                     f"per stage by config.train.{stage}.mirror (now {config.train.mirror}): use "
+                     f"config.train.<stage>.mirror (e.g. --config.train.{stage}.mirror=False) and remove "
+                     "config.data.mirror from the config")
+
+
+def make_data_iterator(config: Any, mesh: jax.sharding.Mesh, stage: str):
+  """The grain training iterator of a stage-merged config: config.data for the images, config.train for the
+  batch size, seed and mirror."""
+  from idinvert_jax.data.pipeline import make_train_iterator  # pylint: disable=import-outside-toplevel
+  check_mirror_owner(config, stage)
+  tcfg = config.train
+  return make_train_iterator(config.data, int(config.model.resolution), int(tcfg.batch_size), mesh,
+                             int(tcfg.seed), mirror=bool(tcfg.mirror))
+
+
 def export_models(workdir: str, config: Any, variables: Mapping[str, Any], step: int) -> str:
   """Writes WORKDIR/export in the project checkpoint format, swapping the folder in only once complete."""
   from idinvert_jax import checkpoint  # pylint: disable=import-outside-toplevel
