@@ -4,8 +4,9 @@
   train(config, workdir, stage)    runs or resumes one stage in workdir (gan.train_gan / encoder.train_encoder)
   compile_report(config, stage)    ahead-of-time compile of the train step: FLOPs and memory, nothing runs
 
-Workdir layout: checkpoints/<stage>/<step>/ (Orbax), export/ (project checkpoint format: load_models(workdir)),
-metrics.jsonl, samples/<stage>_<step>.png.
+Workdir layout: checkpoints/<stage>/<step>/ (Orbax), export/ (project checkpoint format: load_models(workdir);
+each stage's export keeps the other stage's models already there, and export/training.json records which stage
+and step each model comes from), metrics.jsonl, samples/<stage>_<step>.png.
 """
 from __future__ import annotations
 

@@ -55,8 +55,12 @@ class EncoderTrainer(loop.StateShapesMixin):
   """Builds the modules, the frozen inputs, the initial state and the sharded train step of stage 2."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
-               generator_vars: Any, discriminator_vars: Any | None = None, perceptual: tuple | None = None):
+               generator_vars: Any, discriminator_vars: Any | None = None, perceptual: tuple | None = None,
+               generator_origin: dict | None = None):
     self.config = config
+    # Where the frozen generator came from (export/training.json): recorded with the encoder in each export so a
+    # later GAN export can tell that the encoder it keeps was trained on an older generator.
+    self.generator_origin = generator_origin
     self.tcfg = config.train
     self.mesh = mesh
     self.num_steps = int(self.tcfg.num_steps)
@@ -210,11 +214,16 @@ class EncoderTrainer(loop.StateShapesMixin):
     return {"generator": self.frozen["generator"], "encoder": state["encoder"],
             "discriminator": state["discriminator"]}
 
+  def export_origins(self, step: int) -> dict[str, Any]:
+    trained = {"stage": "encoder", "step": int(step)}
+    return {"generator": self.generator_origin, "encoder": dict(trained, generator=self.generator_origin),
+            "discriminator": trained}
+
   def stage(self) -> loop.Stage:
     return loop.Stage(name="encoder", init_state=self.init_state, abstract_state=self.abstract_state,
                       train_step=self.run_step,
                       export_variables=self.export_variables, sample_rows=self.sample_rows,
-                      sample_row_labels=("input", "recon"))
+                      sample_row_labels=("input", "recon"), export_origins=self.export_origins)
 
 
 def load_frozen_models(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -227,8 +236,10 @@ def load_frozen_models(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if models.discriminator_vars is None:
     logging.warning("checkpoint %s has no discriminator: encoder training starts D from random weights", source)
   from idinvert_jax.models.vgg16 import load_perceptual  # pylint: disable=import-outside-toplevel
+  source_dir = str(checkpoint.find_checkpoint_dir(source))
+  generator_origin = loop.read_export_origins(source_dir).get("generator") or {"checkpoint": source_dir}
   return {"generator_vars": models.generator_vars, "discriminator_vars": models.discriminator_vars,
-          "perceptual": load_perceptual(config.model)}
+          "perceptual": load_perceptual(config.model), "generator_origin": generator_origin}
 
 
 def train_encoder(config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.sharding.Mesh | None = None,

@@ -8,6 +8,7 @@ so training 2N steps equals training N, stopping, and resuming for N more.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -36,6 +37,8 @@ class Stage:
   train_step: (state, images) -> (state, metrics dict of scalars); compiled with shardings.
   export_variables: state -> {model name: variables} for checkpoint.save_models.
   sample_rows: (state, images) -> rows of [-1, 1] HWC images for the PNG grid (or None).
+  export_origins: step -> {model name: origin} written to export/training.json (None: every exported model is
+    {"stage": name, "step": step}); an origin may name the "generator" origin a model was trained against.
   """
   name: str
   init_state: Callable[[], Any]
@@ -44,6 +47,7 @@ class Stage:
   export_variables: Callable[[Any], dict[str, Any]]
   sample_rows: Callable[[Any, jax.Array], list] | None = None
   sample_row_labels: tuple[str, ...] | None = None
+  export_origins: Callable[[int], dict[str, Any]] | None = None
 
 
 @dataclasses.dataclass
@@ -85,7 +89,10 @@ def run(stage: Stage, *, config: Any, workdir: str, data_iterator: Iterator[jax.
   def save(at_step: int) -> None:
     data_state = data_iterator.get_state() if hasattr(data_iterator, "get_state") else None
     checkpointer.save(at_step, state, data_state, {"stage": stage.name, "kimg": at_step * batch_size / 1000})
-    export_models(workdir, config, stage.export_variables(state), at_step)
+    variables = stage.export_variables(state)
+    origins = (stage.export_origins(at_step) if stage.export_origins is not None
+               else {name: {"stage": stage.name, "step": at_step} for name in variables})
+    export_models(workdir, config, variables, at_step, origins)
 
   try:
     with checkpointing.PreemptionGuard() as guard:
@@ -144,11 +151,79 @@ def make_data_iterator(config: Any, mesh: jax.sharding.Mesh, stage: str):
                              int(tcfg.seed), mirror=bool(tcfg.mirror))
 
 
-def export_models(workdir: str, config: Any, variables: Mapping[str, Any], step: int) -> str:
-  """Writes WORKDIR/export in the project checkpoint format, swapping the folder in only once complete."""
+EXPORT_ORIGINS_FILE = "training.json"  # in export/: where each model came from (not read by load_models)
+_KEPT_MODEL_NAMES = ("generator", "encoder", "discriminator")  # perceptual weights come from the config instead
+
+
+def read_export_origins(checkpoint_dir: str) -> dict[str, Any]:
+  """{model name: origin} of a checkpoint written by training ({} for converted or older checkpoints)."""
+  try:
+    with open(os.path.join(checkpoint_dir, EXPORT_ORIGINS_FILE)) as f:
+      return dict(json.load(f).get("models", {}))
+  except FileNotFoundError:
+    return {}
+
+
+def describe_origin(origin: Any) -> str:
+  """'gan step 400', 'checkpoint /path' or 'an unrecorded source' (exports written before training.json)."""
+  if not origin:
+    return "an unrecorded source"
+  if "stage" in origin:
+    return f"{origin['stage']} step {origin['step']}"
+  return f"checkpoint {origin.get('checkpoint', '?')}"
+
+
+def stale_model_warnings(kept_origins: Mapping[str, Any], new_origins: Mapping[str, Any]) -> list[str]:
+  """One line per kept model that was trained against another generator than the one being exported now."""
+  if "generator" not in new_origins:
+    return []
+  generator_now = new_origins["generator"]
+  lines = []
+  for name, origin in kept_origins.items():
+    if name == "generator":
+      continue
+    trained_with = (origin or {}).get("generator")
+    if trained_with is not None and trained_with == generator_now:
+      continue
+    lines.append(f"export/ keeps the {name} of the previous export ({describe_origin(origin)}), trained on the "
+                 f"generator of {describe_origin(trained_with)}; the generator is now {describe_origin(generator_now)}"
+                 f", so the {name} does not match it: run train.py --stage encoder again to retrain it")
+  return lines
+
+
+def _models_to_keep(export_dir: str, config: Any, exported: Mapping[str, Any]) -> tuple[dict, dict]:
+  """Variables and origins of the models in export/ that this export does not write (e.g. the encoder when the
+  GAN stage exports), so re-running one stage never deletes the other stage's result."""
   from idinvert_jax import checkpoint  # pylint: disable=import-outside-toplevel
-  host_variables = jax.tree.map(to_host, dict(variables))
+  if not os.path.isfile(os.path.join(export_dir, checkpoint.CONFIG_FILE)):
+    return {}, {}
+  try:
+    stored = checkpoint.load_models(export_dir, config=config)  # refuses a different architecture
+  except checkpoint.CheckpointError as e:
+    logging.warning("the models in %s are not kept in the new export: %s", export_dir, e)
+    return {}, {}
+  names = [n for n in stored.names() if n in _KEPT_MODEL_NAMES and n not in exported]
+  old_origins = read_export_origins(export_dir)
+  return {n: stored.variables()[n] for n in names}, {n: old_origins.get(n) for n in names}
+
+
+def export_models(workdir: str, config: Any, variables: Mapping[str, Any], step: int,
+                  origins: Mapping[str, Any] | None = None) -> str:
+  """Writes WORKDIR/export in the project checkpoint format, swapping the folder in only once complete.
+
+  Models already in export/ that `variables` does not hold are kept (with a warning when they were trained
+  against another generator); export/training.json records each model's origin.
+  """
+  from idinvert_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from idinvert_jax import files  # pylint: disable=import-outside-toplevel
   final = os.path.join(workdir, "export")
+  origins = dict(origins or {name: {"step": step} for name in variables})
+  kept_variables, kept_origins = _models_to_keep(final, config, variables)
+  for line in stale_model_warnings(kept_origins, origins):
+    logging.warning("%s", line)
+  if kept_variables:
+    logging.info("export at step %d keeps %s from the previous export/", step, ", ".join(sorted(kept_variables)))
+  host_variables = jax.tree.map(to_host, dict(variables, **kept_variables))
   staging = os.path.join(workdir, f".export-{step}")
   if jax.process_index() == 0 and os.path.exists(staging):
     shutil.rmtree(staging)
@@ -156,6 +231,8 @@ def export_models(workdir: str, config: Any, variables: Mapping[str, Any], step:
   checkpoint.save_models(staging, config, host_variables)
   _sync(f"export_written_{step}")
   if jax.process_index() == 0:
+    files.atomic_write_json(os.path.join(staging, EXPORT_ORIGINS_FILE),
+                            {"models": dict(origins, **kept_origins)})
     old = os.path.join(workdir, f".export-old-{step}")
     if os.path.exists(final):
       os.replace(final, old)
