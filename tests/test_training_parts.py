@@ -211,6 +211,32 @@ def test_no_checkpoint_restores_none_and_nan_state_is_rejected(tmp_path):
   ckpt.close()
 
 
+def test_each_process_restores_its_own_data_state_and_old_checkpoints_still_load(tmp_path, caplog):
+  ckpt = checkpointing.TrainCheckpointer(tmp_path / "c")
+  ckpt.save(1, _small_state(1), {"position": 7})
+  assert ckpt.restore_latest(_small_state(0))[2] == {"position": 7}  # single process: its own state back
+  # A step written the old way (the bare state of process 0) still resumes a single-process run.
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  ckpt._manager.save(2, args=ocp.args.Composite(  # pylint: disable=protected-access
+      state=ocp.args.StandardSave(_small_state(2)), data=ocp.args.JsonSave({"position": 9}),
+      meta=ocp.args.JsonSave({})))
+  assert ckpt.restore_latest(_small_state(0))[::2] == (2, {"position": 9})
+  ckpt.close()
+  # What two processes write (gathered), and what each of them restores.
+  two = {"format": checkpointing.DATA_STATES_FORMAT, "process_count": 2,
+         "states": {"0": {"position": 7}, "1": {"position": 11}}}
+  assert checkpointing.own_data_state(two, 0, 2) == {"position": 7}
+  assert checkpointing.own_data_state(two, 1, 2) == {"position": 11}
+  # A checkpoint from before per-process states: process 0 resumes it, the others start afresh and say so.
+  old = {"position": 7}
+  assert checkpointing.own_data_state(old, 0, 2, step=5) == old
+  assert checkpointing.own_data_state(old, 1, 2, step=5) is None
+  assert "checkpoint step 5 holds the data-iterator state of process 0 only" in caplog.text
+  # Another process count: nobody can take a slice that is not theirs, everyone restarts the stream.
+  assert checkpointing.own_data_state(two, 0, 4) is None
+  assert "states of 2 processes but this run has 4" in caplog.text
+
+
 def test_preemption_guard_turns_sigterm_into_a_stop_flag():
   with checkpointing.PreemptionGuard() as guard:
     assert not guard.should_stop()

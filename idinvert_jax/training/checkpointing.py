@@ -3,7 +3,9 @@
 One checkpoint step holds three items:
   state: the whole train state pytree (params, EMA, optimiser states, step, RNG key), restored with the
          shardings of a freshly built state so it lands directly on the mesh;
-  data:  the data iterator's JSON state (get_state()/set_state()), so a resumed run sees the same batches;
+  data:  every process's data-iterator JSON state (get_state()/set_state()) keyed by process index, so each
+         process of a resumed run sees the same batches it would have (processes skip bad files independently,
+         so their positions differ); older checkpoints hold process 0's state alone;
   meta:  JSON facts for humans (stage, step, images seen).
 Orbax writes each step to a temporary folder and renames it when complete, so a killed save leaves nothing that
 looks finished; a step that still fails to restore (truncated or deleted files) is moved to
@@ -11,6 +13,7 @@ WORKDIR/checkpoints_corrupt/ with a warning and the previous step is used instea
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -52,11 +55,15 @@ class TrainCheckpointer:
     return steps[-1] if steps else None
 
   def save(self, step: int, state: Any, data_state: Any, meta: dict | None = None, *, force: bool = True) -> None:
-    """Writes `step` (asynchronously by default: call wait() before reading it back or exiting)."""
+    """Writes `step` (asynchronously by default: call wait() before reading it back or exiting).
+
+    `data_state` is this process's iterator state; every process calls save (it is collective) and the states
+    of all processes are stored together.
+    """
     meta = dict(meta or {}, step=int(step), time=time.time())
     self._manager.save(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(_jsonable(data_state)),
+        data=ocp.args.JsonSave(gather_data_states(data_state)),
         meta=ocp.args.JsonSave(meta)), force=force)
 
   def wait(self) -> None:
@@ -64,6 +71,8 @@ class TrainCheckpointer:
 
   def restore_latest(self, target_state: Any) -> tuple[int, Any, Any] | None:
     """Restores the newest step that reads back whole; returns (step, state, data_state) or None if none.
+
+    data_state is this process's own iterator state (see `own_data_state`).
 
     `target_state` is a pytree of arrays (or jax.ShapeDtypeStruct with .sharding) that fixes the structure,
     dtypes and shardings of the restored state.
@@ -76,12 +85,13 @@ class TrainCheckpointer:
             state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
         state = restored["state"]
         _check_finite_restore(state)
-        return step, state, restored["data"]
       except Exception as e:  # pylint: disable=broad-except
         # Any failure (missing file, truncated array, bad metadata) makes this step unusable.
         logging.warning("checkpoint step %d in %s is corrupt or partial (%s: %s); falling back to the previous "
                         "step", step, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         self._quarantine(step)
+        continue
+      return step, state, own_data_state(restored["data"], jax.process_index(), jax.process_count(), step)
     return None
 
   def _quarantine(self, step: int) -> None:
@@ -100,6 +110,50 @@ class TrainCheckpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+DATA_STATES_FORMAT = "per_process_v1"
+
+
+def gather_data_states(local_state: Any) -> dict[str, Any]:
+  """Every process's iterator state as one JSON item (collective: all processes call it with their own state)."""
+  states = _allgather_json(_jsonable(local_state))
+  return {"format": DATA_STATES_FORMAT, "process_count": len(states),
+          "states": {str(index): state for index, state in enumerate(states)}}
+
+
+def own_data_state(saved: Any, process_index: int, process_count: int, step: int | None = None) -> Any:
+  """This process's iterator state from a checkpoint's data item, or None to start its stream afresh.
+
+  Older checkpoints hold process 0's state only: process 0 resumes it, the others warn and start afresh (that
+  state belongs to another slice of the stream). A checkpoint of another process count cannot be split between
+  this run's processes: all of them warn and start afresh, so the global stream stays consistent.
+  """
+  where = f"checkpoint step {step}" if step is not None else "checkpoint"
+  if not (isinstance(saved, dict) and saved.get("format") == DATA_STATES_FORMAT):
+    if process_index == 0 or saved is None:
+      return saved
+    logging.warning("%s holds the data-iterator state of process 0 only (an older checkpoint); process %d starts "
+                    "its data stream from the beginning", where, process_index)
+    return None
+  if int(saved["process_count"]) != process_count:
+    logging.warning("%s holds the data-iterator states of %d processes but this run has %d; every process starts "
+                    "its data stream from the beginning (resume with %d processes to continue the stream exactly)",
+                    where, int(saved["process_count"]), process_count, int(saved["process_count"]))
+    return None
+  return saved["states"][str(process_index)]
+
+
+def _allgather_json(obj: Any) -> list[Any]:
+  """[process 0's obj, process 1's obj, ...] on every process (JSON bytes padded to the longest, then gathered)."""
+  if jax.process_count() == 1:
+    return [obj]
+  data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32))).reshape(-1)
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:data.size] = data
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return [json.loads(bytes(row[:length]).decode("utf-8")) for row, length in zip(gathered, lengths)]
 
 
 def _abstract_like(x: Any) -> Any:
