@@ -1,19 +1,25 @@
-"""Training throughput per stage: images/s, compiled-step FLOPs (cost_analysis) and achieved FLOP/s.
+"""Training throughput per stage: images/s, s/step, compiled-step GFLOP (cost_analysis) and achieved GFLOP/s.
 
-  python bench/bench_training.py            # tiny (32 px), synthetic64 (64 px), ffhq256 (256 px, 2 steps)
-  python bench/bench_training.py --quick    # tiny and 64 px only, fewer steps
+  python bench/bench_training.py                 # tiny (32 px), synthetic64 (64 px), ffhq256 (256 px, 2 steps)
+  python bench/bench_training.py --quick         # tiny and 64 px only, fewer steps
+  python bench/bench_training.py --configs ffhq256 --stages gan --batch_size 2 --steps 2   # one 256-px number
 
 Uses random weights and an in-memory batch (no data pipeline cost), one mesh over all local devices (on a CPU
 machine: 1 device unless XLA_FLAGS sets more). The encoder stage runs without VGG16 weights (lambda_vgg = 0),
-as training does when none are configured. On a shared machine other jobs compete for the cores: the numbers
-are lower bounds. Last line: `BENCH_JSON {...}`.
+as training does when none are configured. Each row: compile time, s/step and images/s over the timed steps
+(after one warm-up step), GFLOP per step from the compiled step's cost_analysis(), achieved GFLOP/s, XLA temp
+memory and the process's peak RSS so far. The machine line names the CPU model, cores and load average (before
+and after): on a shared machine other jobs compete for the cores and the numbers are lower bounds.
+Last line: `BENCH_JSON {...}`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import importlib
 import platform
+import resource
 import sys
 import time
 
@@ -27,14 +33,53 @@ from idinvert_jax.training import arrays  # noqa: E402
 from idinvert_jax.training import mesh as mesh_lib  # noqa: E402
 
 
+CONFIGS = ("tiny", "synthetic64", "ffhq256")
+# Default global batch and timed steps per config: (full run, --quick). ffhq256 is not in --quick.
+DEFAULT_PLAN = {"tiny": (8, 10, 3), "synthetic64": (8, 5, 2), "ffhq256": (4, 2, None)}
+
+
 def load_config(name: str):
-  if name == "tiny":
-    from configs import tiny as module
-  elif name == "synthetic64":
-    from configs import synthetic64 as module
-  else:
-    from configs import ffhq256 as module
-  return module.get_config()
+  """configs/<name>.py's get_config() (any config file in configs/ works, not only CONFIGS)."""
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def available_configs() -> list[str]:
+  folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  return sorted(n[:-3] for n in os.listdir(folder) if n.endswith(".py") and n not in ("__init__.py", "common.py"))
+
+
+def peak_rss_mib() -> float:
+  """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine_facts() -> dict:
+  return dict(cpu_model=cpu_model(), cpus=os.cpu_count(), platform=platform.platform(), devices=jax.device_count(),
+              backend=jax.default_backend(), load_avg=[round(x, 2) for x in os.getloadavg()],
+              load_avg_1min=os.getloadavg()[0])  # the key bench_inversion.py also writes
+
+
+def run_plan(configs: list[str], stages: list[str], batch_size: int | None, steps: int | None,
+             quick: bool) -> list[tuple[str, str, int, int]]:
+  """(config, stage, batch, steps) rows: explicit --batch_size/--steps win over the per-config defaults."""
+  plan = []
+  for name in configs:
+    default_batch, full_steps, quick_steps = DEFAULT_PLAN.get(name, (8, 2, 2))
+    default_steps = quick_steps if quick and quick_steps is not None else full_steps
+    for stage in stages:
+      plan.append((name, stage, batch_size or default_batch, steps or default_steps))
+  return plan
 
 
 def bench_stage(config_name: str, stage: str, batch_size: int, steps: int) -> dict:
@@ -64,29 +109,62 @@ def bench_stage(config_name: str, stage: str, batch_size: int, steps: int) -> di
               devices=mesh.devices.size, compile_s=compile_s, s_per_step=seconds / steps,
               images_per_s=batch_size * steps / seconds, gflops_per_step=stats["flops"] / 1e9,
               achieved_gflops_per_s=stats["flops"] * steps / seconds / 1e9,
-              temp_mib=stats.get("temp_size_in_bytes", 0) / 2**20)
+              temp_mib=stats.get("temp_size_in_bytes", 0) / 2**20, peak_rss_mib=peak_rss_mib())
+
+
+def csv_list(allowed):
+  def parse(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    known = allowed if allowed is not None else available_configs()
+    bad = [v for v in values if v not in known]
+    if not values or bad:
+      raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of {', '.join(known)}")
+    return values
+  return parse
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--quick", action="store_true",
+                      help="smoke run: tiny and synthetic64 only (unless --configs is given), 2-3 timed steps each")
+  parser.add_argument("--configs", type=csv_list(None), default=None,
+                      help="comma-separated config names from configs/ (e.g. ffhq256 or tiny,synthetic64); default: "
+                           f"{','.join(CONFIGS)} ({','.join(CONFIGS[:2])} with --quick)")
+  parser.add_argument("--stages", type=csv_list(("gan", "encoder")), default=["gan", "encoder"],
+                      help="comma-separated training stages to time: gan, encoder (default: both)")
+  parser.add_argument("--batch_size", type=int, default=None,
+                      help="global batch per step for every row; a multiple of the device count "
+                           f"(default per config: {', '.join(f'{k} {v[0]}' for k, v in DEFAULT_PLAN.items())})")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="timed steps per row, after one untimed warm-up step (default per config: "
+                           f"{', '.join(f'{k} {v[1]}' for k, v in DEFAULT_PLAN.items())}; fewer with --quick)")
+  args = parser.parse_args(argv)
+  if args.configs is None:
+    args.configs = list(CONFIGS[:2]) if args.quick else list(CONFIGS)
+  for name in ("batch_size", "steps"):
+    if getattr(args, name) is not None and getattr(args, name) <= 0:
+      parser.error(f"--{name} must be positive")
+  return args
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="tiny and 64 px only, fewer steps")
-  args = parser.parse_args()
-  plan = [("tiny", 8, 3 if args.quick else 10), ("synthetic64", 8, 2 if args.quick else 5)]
-  if not args.quick:
-    plan.append(("ffhq256", 4, 2))
+  args = parse_args()
+  load_before = [round(x, 2) for x in os.getloadavg()]
   rows = []
-  for config_name, batch, steps in plan:
-    for stage in training.STAGES:
-      row = bench_stage(config_name, stage, batch, steps)
-      rows.append(row)
-      print(f"{row['config']:>12} {row['stage']:>8} {row['resolution']:>4}px b{row['batch']:<3} "
-            f"compile {row['compile_s']:7.1f}s  {row['s_per_step']:8.3f} s/step  {row['images_per_s']:8.2f} img/s  "
-            f"{row['gflops_per_step']:9.2f} GFLOP/step  {row['achieved_gflops_per_s']:7.2f} GFLOP/s", flush=True)
-  machine = dict(platform=platform.platform(), cpus=os.cpu_count(), devices=jax.device_count(),
-                 backend=jax.default_backend(), load_avg_1min=os.getloadavg()[0])
-  print(f"machine: {machine} (other jobs share these cores: numbers are lower bounds)")
+  for config_name, stage, batch, steps in run_plan(args.configs, args.stages, args.batch_size, args.steps,
+                                                   args.quick):
+    row = bench_stage(config_name, stage, batch, steps)
+    rows.append(row)
+    print(f"{row['config']:>12} {row['stage']:>8} {row['resolution']:>4}px b{row['batch']:<3} "
+          f"compile {row['compile_s']:7.1f}s  {row['s_per_step']:8.3f} s/step  {row['images_per_s']:8.2f} img/s  "
+          f"{row['gflops_per_step']:9.2f} GFLOP/step  {row['achieved_gflops_per_s']:7.2f} GFLOP/s  "
+          f"peak RSS {row['peak_rss_mib']:7.0f} MiB", flush=True)
+  machine = dict(machine_facts(), load_avg_before=load_before)
+  print(f"machine: {machine['cpu_model']}, {machine['cpus']} cores, {machine['devices']} {machine['backend']} "
+        f"device(s), load average {machine['load_avg_before']} before / {machine['load_avg']} after (1/5/15 min; "
+        "other jobs on these cores make the numbers lower bounds)")
   summary = {f"{r['config']}_{r['stage']}_img_per_s": round(r["images_per_s"], 3) for r in rows}
-  summary.update(quick=args.quick, machine=machine, rows=rows)
+  summary.update(quick=args.quick, machine=machine, rows=rows, peak_rss_mib=round(peak_rss_mib(), 1))
   print("BENCH_JSON " + json.dumps(summary, sort_keys=True))
 
 
