@@ -8,7 +8,10 @@ Weights are random (VGG16 included): fine for timing, meaningless for quality. R
 seconds per step, images/s and seconds per image at 100 iterations (extrapolated from timed steps after
 compilation), FLOPs per step (XLA cost analysis of the compiled step), achieved FLOP/s against this machine's
 measured float32 matmul rate, peak RSS, and a naive baseline: one image at a time, a Python loop of jitted
-un-vmapped steps. The last line is `BENCH_JSON {...}`.
+un-vmapped steps. With `--official PATH` (a genforce/idinvert_pytorch checkout, never committed here) the official
+PyTorch port's step is timed in the same job (bench/bench_official_pytorch.py in a subprocess, after the JAX
+measurements, so the two never share the cores) and the speed-ups against it are printed. The last line is
+`BENCH_JSON {...}`.
 """
 from __future__ import annotations
 
@@ -75,7 +78,8 @@ def make_config(quick: bool, resolution: int):
   return common.get_config(resolution=resolution)
 
 
-def bench_batch(fns, settings, batch: int, steps: int, images: np.ndarray, flops_per_image=None) -> dict:
+def bench_batch(fns, settings, batch: int, steps: int, images: np.ndarray, flops_per_image=None,
+                temp_bytes_per_image=None) -> dict:
   """Seconds per step of the vmapped engine at `batch` images (one device), after compilation.
 
   FLOPs come from XLA's cost analysis of one compiled step (the chunk is a while loop, whose body cost
@@ -89,19 +93,21 @@ def bench_batch(fns, settings, batch: int, steps: int, images: np.ndarray, flops
   t0 = time.perf_counter()
   prep = jax.block_until_ready(engine.prepare(x, m))
   state = dict(w=prep["w"], opt_state=prep["opt_state"])
-  data = dict(targets=x, feats=prep["feats"], masks=m)
+  data = engine.batch(settings, x, prep["feats"], m)
   one = jax.device_put(np.int32(1), engine.replicated)
   state, _ = jax.block_until_ready(engine.run_chunk(state, data, one))  # compile + 1 step
   compile_s = time.perf_counter() - t0
   n = jax.device_put(np.int32(steps), engine.replicated)
   seconds = _timed(lambda: jax.block_until_ready(engine.run_chunk(state, data, n))) / steps
   if flops_per_image is None:
-    step = jax.jit(engine._step).lower(variables, state["w"], state["opt_state"], x, prep["feats"], m).compile()
+    step = jax.jit(engine._step).lower(variables, state["w"], state["opt_state"], data).compile()
     flops_per_image = _flops(step) / batch
+    temp_bytes_per_image = step.memory_analysis().temp_size_in_bytes / batch
   flops = flops_per_image * batch
   return dict(batch=batch, s_per_step=seconds, images_per_s_100it=batch / (100 * seconds),
               s_per_image_100it=100 * seconds / batch, flops_per_step=flops, flops_per_s=flops / seconds,
-              compile_and_first_step_s=compile_s, peak_rss_gib=peak_rss_gib())
+              compile_and_first_step_s=compile_s, peak_rss_gib=peak_rss_gib(),
+              temp_bytes_per_image=temp_bytes_per_image)
 
 
 def bench_naive(fns, settings, steps: int, image: np.ndarray) -> dict:
@@ -175,7 +181,10 @@ def main():
                       help="skip batch sizes whose compiled temp memory exceeds this fraction of free RAM")
   parser.add_argument("--precision_check", action="store_true",
                       help="also compare bfloat16 with float32 on the tiny and 64 px models")
-  parser.add_argument("--skip_naive", action="store_true")
+  parser.add_argument("--skip_naive", action="store_true", help="skip the naive per-image JAX loop baseline")
+  parser.add_argument("--official", default="",
+                      help="path of a genforce/idinvert_pytorch checkout: also time the official PyTorch step "
+                           "(and a frozen-weights PyTorch variant) on this machine, same resolution")
   args = parser.parse_args()
   jax.config.update("jax_default_matmul_precision", "float32")
 
@@ -203,12 +212,15 @@ def main():
   rows, naive = [], None
   for batch in (int(b) for b in args.batch_sizes.split(",")):
     avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if rows and rows[-1]["peak_rss_gib"] * 2**30 * batch / rows[-1]["batch"] > args.max_memory_fraction * (
-        avail + rows[-1]["peak_rss_gib"] * 2**30):
+    # Weights and compiled code are shared by all batch sizes; the step's temporaries (XLA's memory analysis of
+    # the batch-1 step) grow with the batch.
+    extra = rows[0]["temp_bytes_per_image"] * (batch - rows[-1]["batch"]) if rows else 0
+    if extra > args.max_memory_fraction * avail:
       print(f"batch {batch}: skipped (estimated memory beyond {args.max_memory_fraction:.0%} of free RAM)")
       continue
     row = bench_batch(fns, settings, batch, args.steps, images,
-                      rows[0]["flops_per_step"] / rows[0]["batch"] if rows else None)
+                      rows[0]["flops_per_step"] / rows[0]["batch"] if rows else None,
+                      rows[0]["temp_bytes_per_image"] if rows else None)
     rows.append(row)
     print(f"batch {batch}: {row['s_per_step']:.3f} s/step, {row['s_per_image_100it']:.2f} s/image at 100 it, "
           f"{row['flops_per_step'] / 1e9:.1f} GFLOP/step, {row['flops_per_s'] / 1e9:.1f} GFLOP/s "
@@ -217,6 +229,7 @@ def main():
     if naive is None and not args.skip_naive:  # Right after batch 1, so a cut-short run still has it.
       naive = bench_naive(fns, settings, args.steps, images[0])
       print(f"naive per-image loop: {naive['s_per_step']:.3f} s/step", flush=True)
+  official = run_official_baseline(args.official, res, args.steps) if args.official else None
   checks = precision_check([("tiny", make_config(True, 32)), ("64px", _config64())]) if args.precision_check \
       else []
 
@@ -229,19 +242,40 @@ def main():
           f"{r['peak_rss_gib']:>8.2f}")
   if naive:
     print(f"naive per-image Python loop: {naive['s_per_step']:.3f} s/step = {naive['s_per_image_100it']:.2f} s/image "
-          f"at 100 it (official PyTorch port: ~1.7 s/iteration per 256 px image on this machine, ~170 s/image)")
+          f"at 100 it")
+  best = max(rows, key=lambda r: r["images_per_s_100it"]) if rows else None
+  if official and best:
+    for variant, row in official["rows"].items():
+      print(f"PyTorch {variant} step: {row['s_per_iteration']:.3f} s/iteration = {row['s_per_image_100it']:.1f} "
+            f"s/image at 100 it -> this engine (batch {best['batch']}) is "
+            f"{row['s_per_image_100it'] / best['s_per_image_100it']:.2f}x faster per image")
   for c in checks:
     print(f"bf16 vs f32 [{c['model']}, {c['iterations']} it, {c['images']} images]: max |code diff| "
           f"{c['max_abs_code_diff']:.3g} (code rms {c['code_rms']:.3g}), MSE f32 {c['mse_f32']:.5f} vs bf16 "
           f"{c['mse_bf16']:.5f}, max |rec diff| {c['max_abs_rec_diff']:.3g}, s/image f32 {c['s_per_image_f32']:.2f} "
           f"vs bf16 {c['s_per_image_bf16']:.2f}")
-  best = max(rows, key=lambda r: r["images_per_s_100it"]) if rows else None
   summary = dict(resolution=res, quick=args.quick, precision=args.precision, machine=machine,
                  matmul_gflops=matmul / 1e9, rows=rows, naive=naive, precision_check=checks,
                  best_s_per_image_100it=best["s_per_image_100it"] if best else None,
                  speedup_vs_naive=(naive["s_per_image_100it"] / best["s_per_image_100it"]) if best and naive
-                 else None)
+                 else None, official_pytorch=official,
+                 speedup_vs_official=(official["rows"]["official"]["s_per_image_100it"] / best["s_per_image_100it"])
+                 if best and official and "official" in official["rows"] else None)
   print("BENCH_JSON " + json.dumps(summary, sort_keys=True))
+
+
+def run_official_baseline(official: str, resolution: int, steps: int) -> dict:
+  """bench_official_pytorch.py in a subprocess (its own threads and memory); returns its BENCH_JSON."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  script = Path(__file__).resolve().parent / "bench_official_pytorch.py"
+  proc = subprocess.run([sys.executable, str(script), "--official", official, "--resolution", str(resolution),
+                         "--steps", str(steps)], capture_output=True, text=True, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+  if proc.returncode or not lines:
+    raise SystemExit(f"official PyTorch baseline failed (exit {proc.returncode}); is torch installed (pip install "
+                     f"-e '.[test]') and is {official} an idinvert_pytorch checkout?\n{proc.stderr[-2000:]}")
+  print("\n".join(l for l in proc.stdout.splitlines() if l.startswith("PyTorch")), flush=True)
+  return json.loads(lines[-1][len("BENCH_JSON "):])
 
 
 def _config64():

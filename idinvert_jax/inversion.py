@@ -182,6 +182,22 @@ class _Settings:
   def optimises(self) -> bool:
     return self.method != "encoder" and self.num_iterations > 0
 
+  def program(self) -> "_Settings":
+    """What the compiled programs depend on: the method, init, precision and which terms are on.
+
+    The step count, the learning rate and the loss weights are runtime inputs (per image, see `hyper`), so a
+    sweep over them (evaluate's lambda_enc ablation) reuses one compilation; a weight of exactly 0 switches its
+    term off at compile time (no VGG16 or encoder pass at all).
+    """
+    return dataclasses.replace(self, num_iterations=0, learning_rate=1.0, loss_weight_pix=1.0,
+                               loss_weight_feat=float(bool(self.loss_weight_feat)),
+                               loss_weight_enc=float(bool(self.loss_weight_enc)))
+
+  def hyper(self, n: int) -> np.ndarray:
+    """[n, 4] float32 rows (learning rate, pixel, perceptual, encoder weight): the runtime hyper-parameters."""
+    row = [self.learning_rate, self.loss_weight_pix, self.loss_weight_feat, self.loss_weight_enc]
+    return np.tile(np.asarray(row, np.float32), (n, 1))
+
 
 def _invert_section(config) -> ml_collections.ConfigDict:
   """Accepts a full experiment config (with .invert) or the invert section itself; fills in defaults."""
@@ -282,8 +298,10 @@ class _Losses(NamedTuple):
   total: jax.Array
 
 
-def _batch_losses(fns: ModelFns, s: _Settings, variables, w, targets, target_feats, masks):
-  """Per-image losses of a batch (w [N,L,D], targets [N,H,W,3], masks [N,H,W,1]).
+def _batch_losses(fns: ModelFns, s: _Settings, variables, w, targets, target_feats, masks, hyper):
+  """Per-image losses of a batch (w [N,L,D], targets [N,H,W,3], masks [N,H,W,1], hyper [N,4] from `hyper`).
+
+  `s` says which terms exist (compile time); their weights are hyper[:, 1:] (runtime, per image).
 
   Returns (sum of the per-image totals, (_Losses of [N] arrays, reconstructions)). Every term is a mean over
   one image's own elements and the models have no cross-image operation at inference (BatchNorm uses running
@@ -302,7 +320,7 @@ def _batch_losses(fns: ModelFns, s: _Settings, variables, w, targets, target_fea
   if s.loss_weight_enc:
     code = fns.encode(variables["encoder"], rec.astype(dtype)).astype(jnp.float32)
     enc = jnp.mean(jnp.square(w - code), axis=(1, 2))
-  total = s.loss_weight_pix * pix + s.loss_weight_feat * feat + s.loss_weight_enc * enc
+  total = hyper[:, 1] * pix + hyper[:, 2] * feat + hyper[:, 3] * enc
   return jnp.sum(total), (_Losses(pix, feat, enc, total), rec)
 
 
@@ -315,7 +333,9 @@ class _Engine:
     batch = NamedSharding(self.mesh, P("data"))
     replicated = NamedSharding(self.mesh, P())
     self.batch_sharding, self.replicated = batch, replicated
-    self.optimizer = optax.adam(s.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
+    # Adam without its learning rate (torch.optim.Adam's defaults); the per-image rate is applied in _step,
+    # which is exactly optax.adam(lr) = chain(scale_by_adam, scale(-lr)).
+    self.optimizer = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
     self._variables = (None, None)
 
     # The weights are compile-time constants: XLA then folds the weight-only work (equalised-LR scales,
@@ -373,20 +393,26 @@ class _Engine:
 
   def _loss_and_grad(self, variables, w, batch):
     grad_fn = jax.value_and_grad(lambda w: _batch_losses(self.fns, self.s, variables, w, batch["targets"],
-                                                         batch["feats"], batch["masks"]), has_aux=True)
+                                                         batch["feats"], batch["masks"], batch["hyper"]),
+                                 has_aux=True)
     (_, (losses, _)), grads = grad_fn(w)
     return losses, grads
 
-  def _step(self, variables, w, opt_state, targets, feats, masks):
-    losses, grads = self._loss_and_grad(variables, w, dict(targets=targets, feats=feats, masks=masks))
+  def _step(self, variables, w, opt_state, batch):
+    losses, grads = self._loss_and_grad(variables, w, batch)
     # One Adam state per image (vmapped optax): an image's update never sees another image's moments.
-    updates, opt_state = jax.vmap(self.optimizer.update)(grads, opt_state, w)
-    return optax.apply_updates(w, updates), opt_state, losses
+    directions, opt_state = jax.vmap(self.optimizer.update)(grads, opt_state, w)
+    learning_rate = batch["hyper"][:, 0, None, None]
+    return w - learning_rate * directions, opt_state, losses
 
   def _state_step(self, variables, state, batch):
-    w, opt_state, losses = self._step(variables, state["w"], state["opt_state"], batch["targets"], batch["feats"],
-                                      batch["masks"])
+    w, opt_state, losses = self._step(variables, state["w"], state["opt_state"], batch)
     return dict(w=w, opt_state=opt_state), losses
+
+  def batch(self, s: _Settings, targets, feats, masks) -> dict:
+    """The step's per-image inputs: device targets, target features and masks, plus s's hyper-parameters."""
+    hyper = jax.device_put(s.hyper(targets.shape[0]), self.batch_sharding)
+    return dict(targets=targets, feats=feats, masks=masks, hyper=hyper)
 
   def run_chunk(self, state, batch, num_steps):
     """`num_steps` Adam steps, dispatched asynchronously (no host sync inside a chunk); losses of the last.
@@ -401,7 +427,8 @@ class _Engine:
 
   def _evaluate(self, variables, w, batch):
     """Losses and reconstruction at the given codes (no update)."""
-    return _batch_losses(self.fns, self.s, variables, w, batch["targets"], batch["feats"], batch["masks"])[1]
+    return _batch_losses(self.fns, self.s, variables, w, batch["targets"], batch["feats"], batch["masks"],
+                         batch["hyper"])[1]
 
 
 _ENGINES: dict = {}
@@ -409,7 +436,7 @@ _ENGINES: dict = {}
 
 def _engine(fns: ModelFns, s: _Settings, devices) -> _Engine:
   """Reuses compiled engines for the same model functions, settings and devices (keeps 4)."""
-  s = dataclasses.replace(s, num_iterations=0)  # The step count is a runtime argument, not compiled in.
+  s = s.program()  # Step count, learning rate and loss weights are runtime inputs, not compiled in.
   key = (id(fns.variables), s, tuple(d.id for d in devices))
   hit = _ENGINES.get(key)
   if hit is not None and hit.fns.variables is fns.variables:
@@ -568,7 +595,7 @@ def loss_and_grad(codes, images, models, config, mask=None, devices=None) -> tup
   variables = engine.device_variables(fns)
   feats = engine.prepare(x_dev, m_dev)["feats"]
   w = jax.device_put(_pad_rows(np.asarray(codes, np.float32), padded), engine.batch_sharding)
-  losses, grads = engine.loss_and_grad(w, dict(targets=x_dev, feats=feats, masks=m_dev))
+  losses, grads = engine.loss_and_grad(w, engine.batch(s, x_dev, feats, m_dev))
   return {k: np.asarray(v)[:n] for k, v in losses._asdict().items()}, np.asarray(grads)[:n]
 
 
@@ -579,7 +606,7 @@ def _invert_batch(engine: _Engine, variables, s: _Settings, x: np.ndarray, m: np
   m_dev = jax.device_put(m, engine.batch_sharding)
   prep = engine.prepare(x_dev, m_dev)
   state = dict(w=prep["w"], opt_state=prep["opt_state"])
-  batch = dict(targets=x_dev, feats=prep["feats"], masks=m_dev)
+  batch = engine.batch(s, x_dev, prep["feats"], m_dev)
   snapshots, history = [], []
   if s.optimises:
     # Chunk boundaries: every `chunk` steps, plus the snapshot steps, so snapshots fall between chunks.

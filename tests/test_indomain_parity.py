@@ -131,7 +131,7 @@ def test_engine_adam_steps_match_torch_adam(io, models, config):
   engine = inversion._engine(fns, settings, DEVICES)  # pylint: disable=protected-access
   x = jax.device_put(io["x"], engine.batch_sharding)
   masks = jax.device_put(np.ones(io["x"].shape[:3] + (1,), np.float32), engine.batch_sharding)
-  batch = dict(targets=x, feats=engine.prepare(x, masks)["feats"], masks=masks)
+  batch = engine.batch(settings, x, engine.prepare(x, masks)["feats"], masks)
   w = jax.device_put(io["w"], engine.batch_sharding)
   state = dict(w=w, opt_state=jax.vmap(engine.optimizer.init)(w))
   reference = io["adam_from_w"]  # [steps, N, L, D]
