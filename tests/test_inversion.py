@@ -115,6 +115,28 @@ def test_engine_equals_a_plain_per_image_adam_loop(fns):
     np.testing.assert_allclose(result.codes[i], w[0], atol=1e-5)
 
 
+def test_a_sweep_over_loss_weights_and_learning_rate_reuses_one_compiled_engine(fns):
+  """Learning rate and loss weights are runtime inputs: evaluate's lambda_enc sweep compiles once, and every value
+  still gives exactly its own optimisation (checked against a plain optax loop with that value)."""
+  x = _targets(1)
+  inversion._ENGINES.clear()  # pylint: disable=protected-access
+  opt_grad = lambda c: jax.jit(jax.grad(lambda w, xi: _plain_loss(fns, w, xi, jnp.ones(xi.shape[:3] + (1,)), c)))
+  for enc, lr in ((0.5, 0.01), (2.0, 0.01), (5.0, 0.03)):
+    c = _config(num_iterations=3, chunk_size=3, loss_weight_enc=enc, learning_rate=lr)
+    result = inversion.invert(x, fns, c, progress=False, devices=jax.devices()[:1])
+    grad, opt = opt_grad(c), optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+    w = fns.encode(fns.variables["encoder"], x)
+    state = opt.init(w)
+    for _ in range(3):
+      updates, state = opt.update(grad(w, x), state, w)
+      w = optax.apply_updates(w, updates)
+    np.testing.assert_allclose(result.codes, w, atol=1e-5)
+  assert len(inversion._ENGINES) == 1  # pylint: disable=protected-access
+  # Switching a term off changes the program (no encoder pass at all): a second engine.
+  inversion.invert(x, fns, _config(num_iterations=1, loss_weight_enc=0.0), progress=False, devices=jax.devices()[:1])
+  assert len(inversion._ENGINES) == 2  # pylint: disable=protected-access
+
+
 def test_a_code_does_not_depend_on_the_other_images_in_its_batch(fns):
   x = _targets(8)
   c = _config(batch_size=8)
