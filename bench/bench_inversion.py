@@ -9,7 +9,7 @@ seconds per step, images/s and seconds per image at 100 iterations (extrapolated
 compilation), FLOPs per step (XLA cost analysis of the compiled step), achieved FLOP/s against this machine's
 measured float32 matmul rate, peak RSS, and a naive baseline: one image at a time, a Python loop of jitted
 un-vmapped steps. With `--official PATH` (a genforce/idinvert_pytorch checkout, never committed here) the official
-PyTorch port's step is timed in the same job (bench/bench_official_pytorch.py in a subprocess, after the JAX
+PyTorch port's step is timed in the same job (bench/official_pytorch_baseline.py in a subprocess, after the JAX
 measurements, so the two never share the cores) and the speed-ups against it are printed. The last line is
 `BENCH_JSON {...}`.
 """
@@ -265,9 +265,9 @@ def main():
 
 
 def run_official_baseline(official: str, resolution: int, steps: int) -> dict:
-  """bench_official_pytorch.py in a subprocess (its own threads and memory); returns its BENCH_JSON."""
+  """official_pytorch_baseline.py in a subprocess (its own threads and memory); returns its BENCH_JSON."""
   import subprocess  # pylint: disable=import-outside-toplevel
-  script = Path(__file__).resolve().parent / "bench_official_pytorch.py"
+  script = Path(__file__).resolve().parent / "official_pytorch_baseline.py"
   proc = subprocess.run([sys.executable, str(script), "--official", official, "--resolution", str(resolution),
                          "--steps", str(steps)], capture_output=True, text=True, check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON ")]

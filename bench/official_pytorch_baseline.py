@@ -1,8 +1,9 @@
 """Baseline for bench_inversion.py: the official PyTorch port's in-domain inversion step, timed on this machine.
 
-  python bench/bench_official_pytorch.py --official /path/to/idinvert_pytorch [--resolution 256] [--steps 3]
+  python bench/official_pytorch_baseline.py --official /path/to/idinvert_pytorch [--resolution 256] [--steps 3]
 
-The official code is not part of this repository (and never committed): check out genforce/idinvert_pytorch
+Not named bench_*.py: it needs that checkout, so bench/run_all.py does not run it on its own. The official code
+is not part of this repository (and never committed): check out genforce/idinvert_pytorch
 anywhere and pass its path. Its network classes are built at the official 256-px architecture with random
 weights (same shapes, so the same work as the released models; timing only) and the body of the official
 `StyleGANInverter.invert` loop (utils/inverter.py) is run for one image, as the official code does:
