@@ -2,13 +2,15 @@
 errors (empty folder, missing path, unprepared TFDS dataset, bad arrays) are one-line messages naming the path."""
 import pickle
 import socket
+from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from idinvert_jax.data import __main__ as data_cli
-from idinvert_jax.data import get_data_config, preprocess, sources, synthetic_faces
+from idinvert_jax.data import get_data_config, pipeline, preprocess, sources, synthetic_faces
 from idinvert_jax.data.preprocess import ImageError
 
 RESOLUTION, SEED, NUM = 32, 5, 6
@@ -202,3 +204,123 @@ def test_synthetic_block_cache_matches_one_by_one_rendering():
   np.testing.assert_array_equal(clone.read(5)[1], uncached.read(5)[1])
   with pytest.raises(IndexError):
     cached.read(10)
+
+
+# --- data.subset: a held-out split of any source, and `python -m idinvert_jax.data export`.
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("", list(range(10))), (":4", [0, 1, 2, 3]), ("4:", [4, 5, 6, 7, 8, 9]), ("-3:", [7, 8, 9]),
+    (":-8", [0, 1]), (" 2 : 5 ", [2, 3, 4]), ("-100:", list(range(10))), ("0:100", list(range(10))),
+    ("1:2:", [1]), (":", list(range(10))), ("-4:-2", [6, 7]),
+])
+def test_subset_parses_python_slices(spec, expected):
+  assert list(sources.parse_subset(spec, 10)) == expected
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("::2", "has a step"), ("1:9:3", "has a step"), ("5", "is not a 'start:stop' slice"),
+    ("a:", "is not a 'start:stop' slice"), ("1.5:", "is not a 'start:stop' slice"),
+    ("1:2:3:4", "is not a 'start:stop' slice"), ("5:5", "selects no images"), ("8:2", "selects no images"),
+    ("10:", "selects no images"), (":-10", "selects no images"),
+])
+def test_subset_errors_name_the_field_value_length_and_fix(spec, problem):
+  with pytest.raises(ValueError) as info:
+    sources.parse_subset(spec, 10, "faces.npz[images]")
+  message = str(info.value)
+  assert message.startswith(f"data.subset={spec!r} {problem}") and "\n" not in message
+  assert "faces.npz[images] has 10 images" in message and "':9'" in message  # The fix: an example that works.
+
+
+def test_subset_of_an_array_source_maps_indices(tmp_path):
+  images = np.random.default_rng(2).integers(0, 256, (7, 6, 5, 3), dtype=np.uint8)
+  np.savez(tmp_path / "faces.npz", images=images)
+  source = sources.open_source(_config(source="auto", path=str(tmp_path / "faces.npz"), subset="4:"), RESOLUTION)
+  assert isinstance(source, sources.ImageSource) and len(source) == 3
+  assert source.description == f"{tmp_path / 'faces.npz'}[images][4:]"
+  for i in range(3):
+    name, image = source.read(i)
+    np.testing.assert_array_equal(image, images[4 + i])
+    assert name.endswith(f"#{4 + i}") and sources.base_index(source, i) == 4 + i
+  with pytest.raises(IndexError):
+    source.read(3)
+  first = sources.open_source(_config(source="array", path=str(tmp_path / "faces.npz"), subset=":-3"), RESOLUTION)
+  assert [sources.base_index(first, i) for i in range(len(first))] == [0, 1, 2, 3]  # The two halves partition.
+  np.testing.assert_array_equal(pickle.loads(pickle.dumps(source)).read(2)[1], images[6])  # For grain workers.
+  with pytest.raises(ValueError, match=r"data.subset='9:'.*faces.npz\[images\] has 7 images"):
+    sources.open_source(_config(source="array", path=str(tmp_path / "faces.npz"), subset="9:"), RESOLUTION)
+  # A config saved before data.subset existed opens the whole source.
+  old = get_data_config().to_dict()
+  old.pop("subset")
+  old.update(source="array", path=str(tmp_path / "faces.npz"))
+  assert len(sources.open_source(ml_collections.ConfigDict(old), RESOLUTION)) == 7
+
+
+def test_subset_of_the_synthetic_and_folder_sources(tmp_path, faces):
+  source = sources.open_source(_config(synthetic_num=NUM, synthetic_seed=SEED, subset="-2:"), RESOLUTION)
+  assert len(source) == 2 and source.description == f"synthetic:seed={SEED},num={NUM}[-2:]"
+  for i, index in enumerate((NUM - 2, NUM - 1)):
+    name, image = source.read(i)
+    assert name == f"synthetic_{SEED}_{index:06d}"
+    np.testing.assert_array_equal(image, faces[index])
+  for i, image in enumerate(faces):
+    Image.fromarray(image).save(tmp_path / f"face{i}.png")
+  folder = sources.open_source(_config(source="folder", path=str(tmp_path), subset="1:3"), RESOLUTION)
+  assert [Path(folder.read(i)[0]).name for i in range(len(folder))] == ["face1.png", "face2.png"]
+  np.testing.assert_array_equal(folder.read(1)[1], faces[2])
+
+
+def test_export_writes_a_subset_as_pngs(tmp_path, capsys):
+  images = np.random.default_rng(3).integers(0, 256, (5, 10, 14, 3), dtype=np.uint8)  # Not square.
+  np.savez(tmp_path / "data.npz", images=images)
+  out = tmp_path / "heldout"
+  assert data_cli.main(["export", "--path", str(tmp_path / "data.npz"), "--subset", "3:", "--output", str(out)]) == 0
+  assert "wrote 2 images" in capsys.readouterr().out
+  assert sorted(p.name for p in out.iterdir()) == ["00003.png", "00004.png", "index.csv"]
+  for index in (3, 4):
+    np.testing.assert_array_equal(np.asarray(Image.open(out / f"{index:05d}.png")), images[index])
+  rows = (out / "index.csv").read_text().splitlines()
+  assert rows[0] == "file,index,source_name" and rows[1].startswith("00003.png,3,") and len(rows) == 3
+  assert [p.name for p in sources.expand_inputs([out])] == ["00003.png", "00004.png"]  # What invert.py reads.
+  # --resolution: prepared exactly as training prepares them (config.data defaults: centre crop + resize).
+  cfg = get_data_config()
+  assert data_cli.main(["export", "--path", str(tmp_path / "data.npz"), "--subset=:-4", "--resolution", "8",
+                        "--output", str(tmp_path / "small")]) == 0
+  assert sorted(p.name for p in (tmp_path / "small").glob("*.png")) == ["00000.png"]
+  small = np.asarray(Image.open(tmp_path / "small" / "00000.png"))
+  expected = preprocess.prepare_uint8(images[0], "x", 8, cfg.resize, cfg.resample)
+  assert small.shape == (8, 8, 3)
+  np.testing.assert_array_equal(small, expected)
+
+
+@pytest.mark.parametrize("args, fix", [
+    (["--path", "{tmp}/missing.npz"], "check --path"),
+    (["--path", "{tmp}/nowhere"], "set --path"),
+    (["--path", "{tmp}/data.npz", "--subset", "::2"], "--subset='::2' has a step"),
+    (["--path", "{tmp}/data.npz", "--npz_key", "faces"], "set --npz_key"),
+    (["--path", "{tmp}/data.npz", "--resolution", "0"], "--resolution 0 must be positive"),
+    (["--path", "{tmp}/data.npz", "--source", "folder"], "no such folder; check --path"),
+])
+def test_export_errors_are_one_line_naming_the_flag(tmp_path, capsys, args, fix):
+  np.savez(tmp_path / "data.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
+  argv = ["export"] + [a.format(tmp=tmp_path) for a in args] + ["--output", str(tmp_path / "out")]
+  assert data_cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and fix in err and err.count("\n") == 1
+  assert not list(tmp_path.glob("out/*.png"))
+  assert data_cli.main(["export", "--path", str(tmp_path / "data.npz"), "--output", str(tmp_path / "x.png")]) == 2
+  assert "give a folder for --output" in capsys.readouterr().err
+
+
+def test_training_iterator_reads_only_the_subset(tmp_path):
+  values = np.arange(12, dtype=np.uint8) * 10  # Image i is the constant 10 * i.
+  np.save(tmp_path / "indexed.npy", np.broadcast_to(values[:, None, None, None], (12, 8, 8, 3)).copy())
+  cfg = _config(source="array", path=str(tmp_path / "indexed.npy"), subset="7:", num_threads=2,
+                prefetch_buffer_size=4)
+  with pipeline.make_train_iterator(cfg, 8, 5, None, seed=1, mirror=True) as iterator:
+    assert iterator.num_examples == 5 and iterator.source.description.endswith("indexed.npy[7:]")
+    for _ in range(3):  # Three epochs of one batch each: exactly the five held-in images, no others.
+      images, indices = iterator.next_local()
+      assert images.shape == (5, 8, 8, 3)
+      assert sorted(images[:, 0, 0, 0] // 10) == [7, 8, 9, 10, 11]
+      assert sorted(indices) == [0, 1, 2, 3, 4]  # Indices of the subset source.

@@ -1,7 +1,8 @@
 """Data: image sources (folder, list, npz/npy, TFDS, synthetic faces), preprocessing and the training pipeline.
 
 - `get_data_config()`: defaults of `config.data` (which source, how to preprocess).
-- `sources.open_source(config.data, resolution)`, `sources.expand_inputs(paths)`: the `ImageSource` layer.
+- `sources.open_source(config.data, resolution)`, `sources.expand_inputs(paths)`: the `ImageSource` layer;
+  `config.data.subset` ("start:stop") selects a held-out split of any source.
 - `preprocess.load_image(path, resolution, resize='resize')`, `preprocess.load_images(...)`: inversion inputs.
 - `pipeline.make_train_iterator(config.data, resolution, global_batch_size, mesh, seed, mirror=...)`: sharded
   training batches with a resumable, JSON-serialisable state (mirror comes from config.train.<stage>.mirror).
@@ -22,6 +23,11 @@ def get_data_config() -> ml_collections.ConfigDict:
   cfg.source = "synthetic"
   cfg.path = ""
   cfg.npz_key = "images"
+  # Which part of the source, for a held-out split: a Python slice "start:stop" over the source's image indices
+  # (either side optional, negatives count from the end; no step). '' = all images. E.g. train with
+  # subset=':4923' and evaluate on subset='4923:' (export it with `python -m idinvert_jax.data export`). Works for
+  # every source (folder order is sorted paths; synthetic indices are 0..synthetic_num-1).
+  cfg.subset = ""
   # TFDS (e.g. tfds_name='celeb_a' or 'lsun/tower'); must be prepared in array_record format in tfds_data_dir
   # ('' = the TFDS default ~/tensorflow_datasets). Nothing is ever downloaded by this code.
   cfg.tfds_name = ""

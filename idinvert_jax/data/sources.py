@@ -5,7 +5,8 @@ An `ImageSource` is random access: `len(source)` images, `source.read(i) -> (nam
 resolution); `preprocess.prepare_uint8` brings them to the model. `open_source(config.data, resolution)` picks
 the source named by the config (see `get_data_config` in `idinvert_jax/data/__init__.py`); training and
 inversion both go through it. `expand_inputs` turns command-line arguments (files, folders, .txt lists) into an
-ordered, de-duplicated list of image paths.
+ordered, de-duplicated list of image paths. `config.data.subset` ("start:stop", Python slice syntax) restricts any
+source to a contiguous range of its indices (`SubsetSource`), e.g. train on ":4923" and evaluate on "4923:".
 """
 from __future__ import annotations
 
@@ -299,6 +300,64 @@ class SyntheticSource:
     return synthetic_faces.sample_attributes(self.num, self.seed)
 
 
+def parse_subset(spec: str, length: int, description: str = "the source") -> range:
+  """`data.subset` -> the selected indices of 0..length-1 ('' = all).
+
+  `spec` is a Python slice "start:stop" (either side optional, negatives count from the end: ":4923", "4923:",
+  "-100:", "10:-10"). Raises a one-line ValueError for a malformed string, a step, or an empty selection.
+  """
+  text = str(spec).strip()
+  if not text:
+    return range(length)
+  where = f"{description} has {length} images"
+  example, tail = max(1, length * 9 // 10), max(1, length // 10)
+  parts = text.split(":")
+  if len(parts) == 3 and not parts[2].strip():  # "a:b:" is "a:b" in Python too.
+    parts = parts[:2]
+  if len(parts) == 3:
+    raise ValueError(f"data.subset={spec!r} has a step, which is not supported ({where}); give a contiguous "
+                     f"'start:stop' range such as ':{example}' or '{example}:'")
+  try:
+    if len(parts) != 2:
+      raise ValueError
+    start, stop = (int(part) if part.strip() else None for part in parts)
+  except ValueError:
+    raise ValueError(f"data.subset={spec!r} is not a 'start:stop' slice ({where}); use integers on either side "
+                     f"of one colon, e.g. ':{example}' (first {example}), '{example}:' (the rest) or '-{tail}:' "
+                     f"(last {tail})") from None
+  selected = range(length)[start:stop]
+  if len(selected) == 0:
+    raise ValueError(f"data.subset={spec!r} selects no images ({where}); choose start < stop within "
+                     f"-{length}..{length}, e.g. ':{example}' or '{example}:'")
+  return selected
+
+
+class SubsetSource:
+  """A contiguous range of another source's indices (`config.data.subset`): image i is `base.read(indices[i])`.
+
+  Names are the base source's (so array images keep their original index, e.g. "faces.npz[images]#4923").
+  """
+
+  def __init__(self, base: ImageSource, spec: str):
+    self.base = base
+    self.spec = str(spec).strip()
+    self.indices = parse_subset(self.spec, len(base), base.description)
+    self.description = f"{base.description}[{self.spec}]"
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def read(self, index: int) -> tuple[str, np.ndarray]:
+    if not 0 <= index < len(self.indices):
+      raise IndexError(f"{self.description}: image {index} out of range 0..{len(self.indices) - 1}")
+    return self.base.read(self.indices[index])
+
+
+def base_index(source: ImageSource, index: int) -> int:
+  """The index in the underlying (whole) dataset of `source` image `index` (differs only for a subset)."""
+  return source.indices[index] if isinstance(source, SubsetSource) else index
+
+
 def infer_source_type(path: str) -> str:
   """'auto' -> folder, list (.txt), array (.npz/.npy); no path -> synthetic."""
   if not path:
@@ -314,7 +373,13 @@ def infer_source_type(path: str) -> str:
 
 
 def open_source(data_cfg, resolution: int) -> ImageSource:
-  """Opens the source described by `config.data` (fields: see `get_data_config`)."""
+  """Opens the source described by `config.data` (fields: see `get_data_config`), restricted to `data.subset`."""
+  source = _open_whole_source(data_cfg, resolution)
+  subset = str(getattr(data_cfg, "subset", "") or "").strip()  # Configs saved before the field existed: all.
+  return SubsetSource(source, subset) if subset else source
+
+
+def _open_whole_source(data_cfg, resolution: int) -> ImageSource:
   kind = data_cfg.source
   if kind not in SOURCE_TYPES:
     raise ValueError(f"data.source={kind!r} is unknown; use one of {SOURCE_TYPES}")
