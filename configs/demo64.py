@@ -1,0 +1,42 @@
+"""The demo model (`make demo`): 64 px StyleGAN-v1 + domain-guided encoder, slim enough to train on 2 CPU cores.
+
+The official architecture with fewer channels: w_dim 128 (8 mapping layers), generator/discriminator channels
+min(1024 / res, 64) (64 up to 16 px, 32 at 32 px, 16 at 64 px), encoder 16..128 channels; batch 16, GAN learning
+rate 0.0015. Trained on the embedded synthetic faces (10,000 images of seed 0; the demo's examples use seed 12345):
+
+  python train.py --config configs/demo64.py --workdir runs/demo64          # GAN 5000 steps, then encoder 4000
+  rm -rf assets/demo_checkpoint && cp -r runs/demo64/export assets/demo_checkpoint
+  python tools/make_demo_assets.py boundaries --checkpoint assets/demo_checkpoint
+
+Expected (2-core Intel Xeon, idle): GAN ~34 img/s (37.8 GFLOP/step), encoder ~33 img/s; about 40 + 35 minutes.
+The checkpoint (generator, encoder, discriminator, float32) is 3.5 MB. No VGG16 weights: the perceptual terms are
+off in training and inversion (warned), as everywhere without the file.
+"""
+from configs import common
+
+
+def get_config():
+  config = common.get_config(resolution=64)
+  g = config.model.generator
+  g.z_dim = g.w_dim = 128
+  g.mapping_layers = 8
+  g.mapping_fmaps = 128
+  g.fmaps_base = 1024         # 4..16 px: 64 channels, 32 px: 32, 64 px: 16
+  g.fmaps_max = 64
+  d = config.model.discriminator
+  d.fmaps_base = 1024
+  d.fmaps_max = 64
+  e = config.model.encoder
+  e.channels_base = 16
+  e.channels_max = 128
+  config.train.gan.num_steps = 5000            # 80 kimg
+  config.train.gan.g_learning_rate = 0.0015
+  config.train.gan.d_learning_rate = 0.0015
+  config.train.encoder.num_steps = 4000        # 64 kimg
+  for stage in config.train.keys():
+    t = config.train[stage]
+    t.batch_size = 16
+    t.log_every = 25
+    t.sample_every = 250
+    t.checkpoint_every = 250
+  return config
