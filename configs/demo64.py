@@ -4,7 +4,7 @@ The official architecture with fewer channels: w_dim 128 (8 mapping layers), gen
 min(1024 / res, 64) (64 up to 16 px, 32 at 32 px, 16 at 64 px), encoder 16..128 channels; batch 16, GAN learning
 rate 0.0015. Trained on the embedded synthetic faces (10,000 images of seed 0; the demo's examples use seed 12345):
 
-  python train.py --config configs/demo64.py --workdir runs/demo64          # GAN 5000 steps, then encoder 4000
+  python train.py --config configs/demo64.py --workdir runs/demo64          # GAN 7500 steps, then encoder 2500
   rm -rf assets/demo_checkpoint && cp -r runs/demo64/export assets/demo_checkpoint
   python tools/make_demo_assets.py boundaries --checkpoint assets/demo_checkpoint
 
@@ -29,10 +29,10 @@ def get_config():
   e = config.model.encoder
   e.channels_base = 16
   e.channels_max = 128
-  config.train.gan.num_steps = 5000            # 80 kimg
+  config.train.gan.num_steps = 7500            # 120 kimg
   config.train.gan.g_learning_rate = 0.0015
   config.train.gan.d_learning_rate = 0.0015
-  config.train.encoder.num_steps = 4000        # 64 kimg
+  config.train.encoder.num_steps = 2500        # 40 kimg
   for stage in config.train.keys():
     t = config.train[stage]
     t.batch_size = 16

@@ -17,7 +17,7 @@ Stages (each timed, each writing its own folder under --output with PNG grids, c
   diffusion     the first face's centre crop diffused into three others (OUTPUT/diffusion)
 
 OUTPUT/index.html links every section's grids with captions, the timings and the machine. Iterations: the
-official 100 steps, except for models above 32 px on a CPU, which get 20 (see --num_iterations). Measured on a
+official 100 steps, except for models above 64 px on a CPU, which get 20 (see --num_iterations). Measured on a
 2-core machine shared with other jobs (load ~12-16): the random tiny model with 100 steps ~1.5 min of CPU time
 (4.8 min wall under that load); a random 64 px model (configs/synthetic64.py) with 10 steps: inversion 200 s wall.
 """
@@ -48,7 +48,7 @@ INTERPOLATION_PAIRS = ((0, 1), (2, 3))
 DIFFUSION_CONTEXTS = 3
 OFFICIAL_NUM_ITERATIONS = 100
 CPU_NUM_ITERATIONS = 20     # Default on a CPU for models above CPU_FULL_ITERATIONS_MAX_RESOLUTION.
-CPU_FULL_ITERATIONS_MAX_RESOLUTION = 32
+CPU_FULL_ITERATIONS_MAX_RESOLUTION = 64  # The shipped 64 px demo model runs the official 100 steps.
 PLACEHOLDER_SAMPLES = 200   # Generator samples scored per placeholder boundary.
 OVERVIEW_MIN_SIZE = 64      # Cells of the inversion overview are enlarged (nearest) to at least this size.
 
@@ -164,7 +164,7 @@ def prepare_model(checkpoint: str | Path | None, output: Path, seed: int) -> Dem
 
 
 def default_num_iterations(resolution: int) -> int:
-  """Official 100 steps, except for models above 32 px on a CPU, where 100 steps of 6 images take far longer
+  """Official 100 steps, except for models above 64 px on a CPU, where 100 steps of 6 images take far longer
   than the demo's few-minute budget (measured: 10 steps of a 64 px model ~200 s on a busy 2-core machine)."""
   import jax
   if jax.default_backend() == "cpu" and resolution > CPU_FULL_ITERATIONS_MAX_RESOLUTION:
@@ -255,7 +255,7 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
     checkpoint: model checkpoint; None = the shipped demo checkpoint, or the random tiny model if none.
     images: image files / folders / .txt lists to invert (default: the shipped examples).
     num_iterations: optimisation steps of the inversion and of the diffusion; None = official 100, or
-      CPU_NUM_ITERATIONS for models above 32 px on a CPU (see `default_num_iterations`).
+      CPU_NUM_ITERATIONS for models above 64 px on a CPU (see `default_num_iterations`).
     skip_diffusion: leave out semantic diffusion (the slowest edit).
     seed: seed of the random tiny model and of the placeholder boundaries.
     progress: tqdm bars during the optimisations.
