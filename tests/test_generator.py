@@ -287,7 +287,9 @@ def test_jit_and_vmap_equal_plain_call(tiny_model):
   per_batch = np.stack([jitted(v, wp[i]) for i in range(3)])
   np.testing.assert_allclose(per_batch[0], plain, atol=1e-5)
   vmapped = jax.vmap(lambda w: models.synthesize(G, v, w))(wp)
-  np.testing.assert_allclose(vmapped, per_batch, atol=1e-5)
+  # A different compiled program sums the convolutions in another order (and XLA:CPU splits them over threads by
+  # load); instance normalisation amplifies that float32 noise to ~1.6e-5 at worst (seen under load).
+  np.testing.assert_allclose(vmapped, per_batch, atol=1e-4)
   assert np.abs(per_batch[0] - per_batch[1]).max() > 1e-3
 
 
