@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import cpu_model  # noqa: E402  (bench/machine.py)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -33,15 +34,6 @@ import optax  # noqa: E402
 
 from idinvert_jax import checkpoint, inversion  # noqa: E402
 
-
-def cpu_model() -> str:
-  try:
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def peak_rss_gib() -> float:

@@ -25,6 +25,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from machine import cpu_model  # noqa: E402  (bench/machine.py)
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -52,16 +54,6 @@ def peak_rss_mib() -> float:
   """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def machine_facts() -> dict:
