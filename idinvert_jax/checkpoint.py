@@ -169,7 +169,8 @@ def load_models(path: str | Path, names: Iterable[str] | None = None,
     config = stored_config
   else:
     _check_same_architecture(stored_config.model, config.model, directory)
-  restored = dict(ocp.StandardCheckpointer().restore(directory / MODELS_DIR))
+  # Orbax refuses relative paths; `--checkpoint ckpt_ffhq256` from the README is one.
+  restored = dict(ocp.StandardCheckpointer().restore((directory / MODELS_DIR).absolute()))
   if "perceptual" not in restored and config.model.perceptual.get("weights", ""):
     # VGG16 weights named by the config (a file the user provides) rather than stored in the checkpoint.
     from idinvert_jax.models.vgg16 import load_perceptual  # pylint: disable=import-outside-toplevel

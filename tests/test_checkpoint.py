@@ -28,6 +28,14 @@ def test_round_trip_restores_every_variable_exactly(tiny_models, tmp_path):
                                 synthesize(loaded.generator, loaded.generator_vars, wp))
 
 
+def test_relative_paths_save_and_load(tiny_models, tmp_path, monkeypatch):
+  """`--checkpoint ckpt_ffhq256` (relative, as the README writes it) works: Orbax itself wants absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  checkpoint.save_models("relative_ckpt", tiny_models.config, tiny_models.variables())
+  loaded = checkpoint.load_models("relative_ckpt", names=("generator",))
+  assert loaded.names() == ("generator",)
+
+
 def test_training_workdir_resolves_to_its_export(tiny_models, tmp_path):
   checkpoint.save_models(tmp_path / "workdir" / "export", tiny_models.config, tiny_models.variables())
   assert checkpoint.find_checkpoint_dir(tmp_path / "workdir") == tmp_path / "workdir" / "export"
