@@ -21,11 +21,11 @@ Engine: one compiled step over a batch of images; every image has its own loss (
 and its own Adam state (vmapped optax), so its code does not depend on which other images share the batch.
 Target features F(x * m) are computed once. The learning rate and the loss weights are per-image runtime inputs
 (`_Settings.hyper`), so sweeping them (evaluate's lambda_enc ablation) reuses one compiled program; only switching a
-term on or off (a weight of exactly 0: no VGG16 / encoder pass) compiles another. The optimisation loop runs on device in chunks of `chunk_size`
-steps (one compiled step dispatched asynchronously: no host sync inside a chunk; a lax.fori_loop was 2.9x
-slower on XLA:CPU); progress is shown between chunks. The batch axis is sharded over
-a 1-D `Mesh` with axis 'data'; batches are padded to a multiple of the device count and the padding is dropped
-from the results.
+term on or off (a weight of exactly 0: no VGG16 / encoder pass) compiles another. The optimisation loop runs on
+device in chunks of `chunk_size` steps (one compiled step dispatched asynchronously: no host sync inside a
+chunk; a lax.fori_loop was ~3x slower on XLA:CPU, measured at 64 and 256 px); progress is shown between chunks.
+The batch axis is sharded over a 1-D `Mesh` with axis 'data'; batches are padded to a multiple of the device count
+and the padding is dropped from the results.
 
 Snapshots: `snapshots[k] = (step, G(w_step))` where `w_step` is the code after `step` Adam updates, at the
 official `--num_results` steps (every `num_iterations // num_results` steps and the last one). The official
