@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from idinvert_jax import checkpoint, inversion  # noqa: E402
+from idinvert_jax.models import layers  # noqa: E402
 
 
 
@@ -92,7 +93,9 @@ def bench_batch(fns, settings, batch: int, steps: int, images: np.ndarray, flops
   n = jax.device_put(np.int32(steps), engine.replicated)
   seconds = _timed(lambda: jax.block_until_ready(engine.run_chunk(state, data, n))) / steps
   if flops_per_image is None:
-    step = jax.jit(engine._step).lower(variables, state["w"], state["opt_state"], data).compile()
+    # Useful FLOPs: traced with every convolution as written (im2col products would count padding zeros).
+    with layers.direct_convolutions():
+      step = jax.jit(engine._step).lower(variables, state["w"], state["opt_state"], data).compile()
     flops_per_image = _flops(step) / batch
     temp_bytes_per_image = step.memory_analysis().temp_size_in_bytes / batch
   flops = flops_per_image * batch

@@ -39,9 +39,9 @@ def _relative_error(ours, ref):
   return abs_err, abs_err / float(np.abs(ref).max())
 
 
-def _assert_close(name, ours, ref):
+def _assert_close(name, ours, ref, rtol=RTOL):
   abs_err, rel_err = _relative_error(ours, ref)
-  assert rel_err <= RTOL, f"{name}: max abs err {abs_err:.3e}, rel err {rel_err:.3e} > {RTOL}"
+  assert rel_err <= rtol, f"{name}: max abs err {abs_err:.3e}, rel err {rel_err:.3e} > {rtol}"
   print(f"{name}: max abs err {abs_err:.3e}, rel err {rel_err:.3e}")
 
 
@@ -166,7 +166,10 @@ def test_encoder_training_mode_matches_pytorch(encoder_fixture):
   E, _, variables = encoder_fixture
   io_ = np.load(FIXTURES / "encoder64_io.npz")
   wp, _ = E.apply(variables, io_["x"], train=True, mutable=["batch_stats"])
-  _assert_close("encoder train mode 64px", wp, io_["wp_train"])
+  # Ill-conditioned: the fixture batch has 2 images, so the final BN divides each code
+  # difference by sqrt(var + 1e-5) >= 3e-3 and amplifies float32 rounding up to ~300x. Measured 1.5e-4 (5e-5 with
+  # the weight scaled before the product); running statistics instead of batch ones would be off by O(1).
+  _assert_close("encoder train mode 64px", wp, io_["wp_train"], rtol=5e-4)
 
 
 # ------------------------------------------------------------------------------------------------ round trip

@@ -12,6 +12,7 @@ Layouts (all converters rely on these):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -86,10 +87,84 @@ def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:
   return x.reshape(n, h * factor, w * factor, c)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling, stride 2, of an NHWC tensor (H and W even), as two elementwise maxima of strided slices.
+
+  Same values as `nn.max_pool(x, (2, 2), strides=(2, 2))`; its gradient goes to the maximum of each window too,
+  except that exact ties share it (the reduce-window form picks one). Behind a ReLU the only ties in practice are
+  zeros, whose gradient the ReLU drops either way. Reason: XLA:CPU's select-and-scatter gradient of the
+  reduce-window form is slow (4 x 256 x 256 x 64: 178 ms forward+backward vs 37 ms).
+  """
+  x = x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2]  # Odd sizes: floor, as the 'VALID' pool.
+  x = jnp.maximum(x[:, 0::2], x[:, 1::2])
+  return jnp.maximum(x[:, :, 0::2], x[:, :, 1::2])
+
+
 def downsample_avg(x: jax.Array, factor: int = 2) -> jax.Array:
   """factor x factor average pooling (the official `downscale2d`) of an NHWC tensor."""
   n, h, w, c = x.shape
   return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+# Below this many output rows (batch x height x width) a stride-1 convolution runs as one matrix product of
+# the im2col patches on XLA:CPU: its convolution kernel is 2-3x slower than the product for small maps with many
+# channels (4 x 8 x 8 x 1024 -> 1024: 93 vs 234 GFLOP/s forward+backward; 4 x 32 x 32 x 512: 238 vs 210, so
+# larger maps keep the convolution). Measured with bench/profile_inversion.py and a per-shape sweep.
+MATMUL_CONV_MAX_ROWS = 1024
+_matmul_convs = [True]
+
+
+@contextlib.contextmanager
+def direct_convolutions():
+  """Within this block (at trace time) every convolution is lowered as written, never as a matrix product.
+
+  For FLOP counting: cost_analysis() counts the zero padding inside im2col patches as work, which would
+  overstate the useful FLOPs of a step (bench/bench_inversion.py counts with this on). Clears JAX's caches on
+  entry and exit, so compiled functions are traced again afterwards.
+  """
+  jax.clear_caches()  # The models' inner jitted applies would otherwise reuse traces made outside the block.
+  _matmul_convs.append(False)
+  try:
+    yield
+  finally:
+    _matmul_convs.pop()
+    jax.clear_caches()
+
+
+def _conv_as_matmul(x: jax.Array, kernel: jax.Array, padding, precision) -> jax.Array:
+  """Stride-1 NHWC x HWIO correlation as patches [rows, kh*kw*in] @ kernel [kh*kw*in, out]."""
+  kh, kw, cin, cout = kernel.shape
+  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  n, h, w = x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  patches = [x[:, dy:dy + h, dx:dx + w] for dy in range(kh) for dx in range(kw)]
+  patches = patches[0] if len(patches) == 1 else jnp.concatenate(patches, axis=-1)  # (dy, dx, in) = HWIO order.
+  y = jnp.dot(patches.reshape(n * h * w, kh * kw * cin), kernel.reshape(kh * kw * cin, cout), precision=precision)
+  return y.reshape(n, h, w, cout)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None):
+  """`jax.lax.conv_general_dilated`, except that small NHWC/HWIO stride-1 maps on CPU use `_conv_as_matmul`.
+
+  Drop-in (also as `nn.Conv(conv_general_dilated=...)`): same arguments, same result up to float32 summation order.
+  """
+  ones = lambda v: v is None or all(int(d) == 1 for d in v)
+  simple = (lhs.ndim == 4 and ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
+            and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
+            and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _CONV_DIMS))
+  if simple and _matmul_convs[-1] and jax.default_backend() == "cpu":
+    pads = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding) if isinstance(padding, str) \
+        else padding
+    rows = lhs.shape[0] * (lhs.shape[1] + sum(pads[0]) - rhs.shape[0] + 1) * (lhs.shape[2] + sum(pads[1]) - rhs.shape[1] + 1)
+    # 1x1 convolutions and 3-channel inputs are also faster as products at any size (toRGB 64 -> 3 at
+    # 4 x 256 x 256: 75 -> 21 ms forward+backward; VGG conv1_1: 65 -> 47 ms).
+    if rows <= MATMUL_CONV_MAX_ROWS or rhs.shape[0] * rhs.shape[1] == 1 or rhs.shape[2] <= 4:
+      return _conv_as_matmul(lhs, rhs, pads, precision)
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                      dimension_numbers, feature_group_count, batch_group_count, precision,
+                                      preferred_element_type)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
@@ -98,7 +173,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
   if padding is None:
     p = kernel.shape[0] // 2
     padding = ((p, p), (p, p))
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=_CONV_DIMS)
+  return conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=_CONV_DIMS)
 
 
 def fuse_kernel_2x2(kernel: jax.Array) -> jax.Array:
@@ -123,10 +198,63 @@ def conv_transpose_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
       dimension_numbers=_CONV_DIMS)
 
 
+def _upsample_correlate_direct(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The definition: zero-insertion 2x upsampling (sample p -> 2p), pad 2, correlate with a 4x4 kernel."""
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+                                      dimension_numbers=_CONV_DIMS)
+
+
+def _upsample_correlate_phases(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The same as four 2x2 "phase" kernels on the original grid, stacked into one convolution.
+
+  Output pixel 2p + r only meets real samples at kernel taps r and r + 2 (per axis): phase (ry, rx) is the
+  kernel `kernel[ry::2, rx::2]`. The phases are stacked along the output channels, applied as one stride-1
+  convolution of the input padded by 1, and phase (ry, rx) is that output shifted by (ry, rx).
+  """
+  n, h, w, cin = x.shape
+  cout = kernel.shape[-1]
+  # Kernel row 2a + ry, column 2b + rx -> [a, b, in, (ry, rx, out)].
+  phases = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, cin, 4 * cout)
+  y = conv2d(x, phases, padding=((1, 1), (1, 1))).reshape(n, h + 1, w + 1, 2, 2, cout)
+  rows = [jnp.stack([y[:, ry:ry + h, rx:rx + w, ry, rx] for rx in (0, 1)], axis=3) for ry in (0, 1)]
+  return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, cout)
+
+
+@jax.custom_vjp
+def upsample_correlate_4x4(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Zero-insertion 2x upsampling, pad 2, cross-correlation with a [4, 4, in, out] kernel (output 2H x 2W).
+
+  Forward: the phase form (`_upsample_correlate_phases`), which never multiplies the inserted zeros.
+  Backward: the direct form's own gradients (a stride-2 convolution for x). Both are the fastest variant on
+  XLA:CPU for their direction (bench/bench_inversion.py --profile shows the per-layer times): the lhs-dilated
+  forward and the phase form's backward (2x2 windows over 4x the channels) both run at about half the rate of
+  a plain convolution. Results equal the direct form up to float32 summation order (tests).
+  """
+  return _upsample_correlate_phases(x, kernel)
+
+
+def _upsample_correlate_fwd(x, kernel):
+  return _upsample_correlate_phases(x, kernel), (x, kernel)
+
+
+def _upsample_correlate_bwd(residuals, grad):
+  _, vjp = jax.vjp(_upsample_correlate_direct, *residuals)
+  return vjp(grad)
+
+
+upsample_correlate_4x4.defvjp(_upsample_correlate_fwd, _upsample_correlate_bwd)
+
+
 def upconv2d(x: jax.Array, kernel: jax.Array, fused: bool) -> jax.Array:
-  """2x upsampling + 3x3 conv with an already scaled HWIO kernel (see `EqualizedUpConv`)."""
+  """2x upsampling + 3x3 conv with an already scaled HWIO kernel (see `EqualizedUpConv`).
+
+  fused: the official transposed convolution (`conv_transpose_stride2`), computed as `upsample_correlate_4x4`
+  with the flipped fused kernel (same result, ~20 % faster G forward+backward at 256 px on CPU). Not fused:
+  nearest x2 then a 3x3 'SAME' conv. (That also equals upsample_correlate_4x4 with fuse_kernel_2x2(kernel), with
+  4/9 of the multiplies, but measured no faster on CPU, so the direct form stays.)
+  """
   if fused:
-    return conv_transpose_stride2(x, fuse_kernel_2x2(kernel))
+    return upsample_correlate_4x4(x, fuse_kernel_2x2(kernel)[::-1, ::-1])
   return conv2d(upsample_nearest(x), kernel)
 
 

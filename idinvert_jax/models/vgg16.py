@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from idinvert_jax.models import generator as generator_lib
+from idinvert_jax.models import layers as ops
 
 # (stage, number of convs, channels) of VGG16's convolutional part.
 _STAGES = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -62,8 +63,9 @@ class VGG16Features(nn.Module):
     outputs = {}
     for index, name in enumerate(LAYER_NAMES[:last + 1]):
       if index > 0 and name.endswith("_1"):
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-      x = nn.Conv(CHANNELS[name], (3, 3), padding=((1, 1), (1, 1)), name=name)(x)
+        x = ops.max_pool_2x2(x)
+      x = nn.Conv(CHANNELS[name], (3, 3), padding=((1, 1), (1, 1)), name=name,
+                  conv_general_dilated=ops.conv_general_dilated)(x)
       x = nn.relu(x)
       outputs[name] = x
     features = tuple(outputs[name] for name in layers)
