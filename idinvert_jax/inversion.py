@@ -23,7 +23,8 @@ Target features F(x * m) are computed once. The learning rate and the loss weigh
 (`_Settings.hyper`), so sweeping them (evaluate's lambda_enc ablation) reuses one compiled program; only switching a
 term on or off (a weight of exactly 0: no VGG16 / encoder pass) compiles another. The optimisation loop runs on
 device in chunks of `chunk_size` steps (one compiled step dispatched asynchronously: no host sync inside a
-chunk; a lax.fori_loop was ~3x slower on XLA:CPU, measured at 64 and 256 px); progress is shown between chunks.
+chunk; a lax.fori_loop was ~3x slower on XLA:CPU, measured at 64 and 256 px, see `_Engine.run_chunk`); progress is
+shown between chunks.
 The batch axis is sharded over a 1-D `Mesh` with axis 'data'; batches are padded to a multiple of the device count
 and the padding is dropped from the results.
 
@@ -419,8 +420,11 @@ class _Engine:
   def run_chunk(self, state, batch, num_steps):
     """`num_steps` Adam steps, dispatched asynchronously (no host sync inside a chunk); losses of the last.
 
-    A Python loop of one compiled step rather than lax.fori_loop: XLA:CPU ran the same step 2.9x slower inside
-    a while loop at 256 px (3.9 s vs 11.4 s per step, measured), and dispatch overhead is negligible here.
+    A Python loop of one compiled step rather than lax.fori_loop: XLA:CPU runs the same step ~3.3x slower inside
+    a while loop (64 px official widths, batch 4: 1.34 vs 4.5 s/step; 256 px: 2.9x). Profiled cause: in the loop
+    body four of the generator's backward 3x3 convolutions (256-512 channels, kernels in the transposed "01oi"
+    layout) leave YNNPACK for XLA's generic convolution and take 3.4 of the 4.5 s. Dispatch overhead is
+    negligible next to a step, and no host sync happens inside a chunk.
     """
     losses = None
     for _ in range(int(num_steps)):
