@@ -27,7 +27,8 @@ flags.DEFINE_integer("num_iterations", None, "Optimisation steps per image (offi
 flags.DEFINE_float("learning_rate", None, "Adam learning rate (default 0.01).")
 flags.DEFINE_float("loss_weight_feat", None, "Perceptual loss weight (default 5e-5).")
 flags.DEFINE_float("loss_weight_enc", None, "Encoder (domain) regulariser weight (default 2.0).")
-flags.DEFINE_integer("batch_size", None, "Images optimised together (default 8).")
+flags.DEFINE_integer("batch_size", None, "Images optimised together (default 8; sharded over the devices). "
+                     "On a CPU 1-2 is fastest per image (256 px: batch 8 is 20 % slower than batch 1).")
 flags.DEFINE_integer("num_results", None, "Intermediate snapshots per image (default 5).")
 flags.DEFINE_enum("precision", None, ["float32", "bfloat16"], "Compute dtype of G/E/VGG (default float32).")
 flags.DEFINE_boolean("overwrite", False, "Redo images that an earlier run on --output already finished.")
