@@ -11,6 +11,8 @@ Re-running the same command resumes from WORKDIR/checkpoints/<stage>. SIGTERM/SI
 Multi-host: pass --coordinator_address/--num_processes/--process_id (or set JAX_COORDINATOR_ADDRESS, ...;
 IDINVERT_DISTRIBUTED=1 lets JAX detect a TPU pod / SLURM on its own) and run the same command on every host.
 """
+import importlib
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -51,6 +53,11 @@ def main(argv):
   config = FLAGS.config
   mesh = mesh_lib.make_mesh(config.get("mesh"))
   stages = training.STAGES if FLAGS.stage == "all" else (FLAGS.stage,)
+  # Every stage's code now: an encoder stage imported after an hour of GAN training would mix module versions
+  # if the checkout changed meanwhile (it happened: the run crashed at the stage switch).
+  for module in [f"training.{stage}" for stage in stages] + ["models.generator", "models.discriminator",
+                                                              "models.encoder", "models.vgg16"]:
+    importlib.import_module(f"idinvert_jax.{module}")
   if FLAGS.compile_only:
     for stage in stages:
       print_compile_report(training, config, stage, mesh)
