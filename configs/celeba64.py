@@ -8,7 +8,9 @@ Research-only data that is never committed (nor any model trained on it): `../sh
       --output runs/celeba64_heldout
   python evaluate.py --checkpoint runs/celeba64 --images runs/celeba64_heldout --output reports/celeba64
 
-The README's real-photo table and picture come from these commands (with the training length used there).
+Expected (measured 2026-12-01, 2-core Intel Xeon, ~65-75 min GAN + 22 min encoder; evaluate with --num_images 48):
+PSNR on held-out faces encoder 15.0 dB, in-domain (100 steps) 22.8 dB at lambda_enc 0 and 18.8 dB at 2,
+optimize 1000 steps 26.3 dB; the README's real-photo table holds the full run.
 """
 from configs import demo64
 
