@@ -155,9 +155,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
             and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
             == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _CONV_DIMS))
   if simple and _matmul_convs[-1] and jax.default_backend() == "cpu":
-    pads = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding) if isinstance(padding, str) \
-        else padding
-    rows = lhs.shape[0] * (lhs.shape[1] + sum(pads[0]) - rhs.shape[0] + 1) * (lhs.shape[2] + sum(pads[1]) - rhs.shape[1] + 1)
+    pads = padding
+    if isinstance(padding, str):
+      pads = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    out_h, out_w = (lhs.shape[1 + i] + sum(pads[i]) - rhs.shape[i] + 1 for i in (0, 1))
+    rows = lhs.shape[0] * out_h * out_w
     # 1x1 convolutions and 3-channel inputs are also faster as products at any size (toRGB 64 -> 3 at
     # 4 x 256 x 256: 75 -> 21 ms forward+backward; VGG conv1_1: 65 -> 47 ms).
     if rows <= MATMUL_CONV_MAX_ROWS or rhs.shape[0] * rhs.shape[1] == 1 or rhs.shape[2] <= 4:
