@@ -20,7 +20,6 @@ from machine import cpu_model  # noqa: E402  (bench/machine.py)
 from idinvert_jax.data import synthetic_faces  # noqa: E402
 
 
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--num", type=int, default=None, help="images to render (default 10000; 1000 with --quick)")

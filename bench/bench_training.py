@@ -55,7 +55,6 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-
 def machine_facts() -> dict:
   return dict(cpu_model=cpu_model(), cpus=os.cpu_count(), platform=platform.platform(), devices=jax.device_count(),
               backend=jax.default_backend(), load_avg=[round(x, 2) for x in os.getloadavg()],

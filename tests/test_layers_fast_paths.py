@@ -30,7 +30,8 @@ def test_upsample_correlate_phase_form_equals_lhs_dilated_convolution(h):
   x = rs.randn(2, h, h + 1, 3).astype(np.float32)
   k = rs.randn(4, 4, 3, 5).astype(np.float32)
   g = rs.randn(2, 2 * h, 2 * h + 2, 5).astype(np.float32)
-  direct = layers._upsample_correlate_direct  # pylint: disable=protected-access
+  # The definition: zero-insertion x2, pad 2, correlate = the transposed conv with the flipped kernel.
+  direct = lambda x, k: layers.conv_transpose_stride2(x, k[::-1, ::-1])
   np.testing.assert_allclose(layers.upsample_correlate_4x4(x, k), direct(x, k), atol=2e-5)
   # Gradients w.r.t. the input and the kernel: the custom backward is the direct form's own (tests both).
   loss = lambda f: lambda x, k: jnp.sum(f(x, k) * g)

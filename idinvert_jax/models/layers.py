@@ -200,12 +200,6 @@ def conv_transpose_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
       dimension_numbers=_CONV_DIMS)
 
 
-def _upsample_correlate_direct(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """The definition: zero-insertion 2x upsampling (sample p -> 2p), pad 2, correlate with a 4x4 kernel."""
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
-                                      dimension_numbers=_CONV_DIMS)
-
-
 def _upsample_correlate_phases(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """The same as four 2x2 "phase" kernels on the original grid, stacked into one convolution.
 
@@ -227,8 +221,9 @@ def upsample_correlate_4x4(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """Zero-insertion 2x upsampling, pad 2, cross-correlation with a [4, 4, in, out] kernel (output 2H x 2W).
 
   Forward: the phase form (`_upsample_correlate_phases`), which never multiplies the inserted zeros.
-  Backward: the direct form's own gradients (a stride-2 convolution for x). Both are the fastest variant on
-  XLA:CPU for their direction (bench/bench_inversion.py --profile shows the per-layer times): the lhs-dilated
+  Backward: the direct form's own gradients (`conv_transpose_stride2` of the flipped kernel: a stride-2
+  convolution for x). Both are the fastest variant on XLA:CPU for their direction (bench/profile_inversion.py
+  shows the per-layer times): the lhs-dilated
   forward and the phase form's backward (2x2 windows over 4x the channels) both run at about half the rate of
   a plain convolution. Results equal the direct form up to float32 summation order (tests).
   """
@@ -240,7 +235,8 @@ def _upsample_correlate_fwd(x, kernel):
 
 
 def _upsample_correlate_bwd(residuals, grad):
-  _, vjp = jax.vjp(_upsample_correlate_direct, *residuals)
+  x, kernel = residuals
+  _, vjp = jax.vjp(lambda x, k: conv_transpose_stride2(x, k[::-1, ::-1]), x, kernel)
   return vjp(grad)
 
 
