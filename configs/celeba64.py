@@ -8,9 +8,10 @@ Research-only data that is never committed (nor any model trained on it): `../sh
       --output runs/celeba64_heldout
   python evaluate.py --checkpoint runs/celeba64 --images runs/celeba64_heldout --output reports/celeba64
 
-Expected (measured 2026-12-01, 2-core Intel Xeon, ~65-75 min GAN + 22 min encoder; evaluate with --num_images 48):
-PSNR on held-out faces encoder 15.0 dB, in-domain (100 steps) 22.8 dB at lambda_enc 0 and 18.8 dB at 2,
-optimize 1000 steps 26.3 dB; the README's real-photo table holds the full run.
+Expected (measured 2026-12-02, 2-core Intel Xeon, ~75 min GAN + ~22 min encoder alone; evaluate with
+--num_images 48): PSNR on held-out faces encoder 17.7 dB, in-domain (100 steps) 24.3 dB at lambda_enc 0 and
+20.9 dB at 2, optimize 1000 steps 26.2 dB; interpolation mid-point SWD in-domain 50.8-53.7 vs optimize 60.8-66.3.
+The README's real-photo table holds the full run.
 """
 from configs import demo64
 
