@@ -223,9 +223,9 @@ def upsample_correlate_4x4(x: jax.Array, kernel: jax.Array) -> jax.Array:
   Forward: the phase form (`_upsample_correlate_phases`), which never multiplies the inserted zeros.
   Backward: the direct form's own gradients (`conv_transpose_stride2` of the flipped kernel: a stride-2
   convolution for x). Both are the fastest variant on XLA:CPU for their direction (bench/profile_inversion.py
-  shows the per-layer times): the lhs-dilated
-  forward and the phase form's backward (2x2 windows over 4x the channels) both run at about half the rate of
-  a plain convolution. Results equal the direct form up to float32 summation order (tests).
+  shows the per-layer times): the lhs-dilated forward and the phase form's backward (2x2 windows over 4x the
+  channels) both run at about half the rate of a plain convolution. Results equal the direct form up to float32
+  summation order (tests).
   """
   return _upsample_correlate_phases(x, kernel)
 
