@@ -25,14 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from machine import cpu_model  # noqa: E402  (bench/machine.py)
+from idinvert_jax.machine import cpu_model  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from idinvert_jax import checkpoint, inversion  # noqa: E402
+from idinvert_jax import export, inversion  # noqa: E402
 from idinvert_jax.models import layers  # noqa: E402
 
 
@@ -148,7 +148,7 @@ def precision_check(resolution_configs, num_images: int = 4, iterations: int = 2
   rows = []
   for name, config in resolution_configs:
     res = int(config.model.resolution)
-    models = checkpoint.create_models(config, jax.random.key(0), names=("generator", "encoder", "perceptual"))
+    models = export.create_models(config, jax.random.key(0), names=("generator", "encoder", "perceptual"))
     images = synthetic_faces.render(num_images, res, seed=0)[0].astype(np.float32) / 127.5 - 1
     out = {}
     for precision in ("float32", "bfloat16"):
@@ -186,7 +186,7 @@ def main():
   config = make_config(args.quick, args.resolution)
   res = int(config.model.resolution)
   t0 = time.perf_counter()
-  models = checkpoint.create_models(config, jax.random.key(0), names=("generator", "encoder", "perceptual"))
+  models = export.create_models(config, jax.random.key(0), names=("generator", "encoder", "perceptual"))
   init_s = time.perf_counter() - t0
   fns = inversion.model_fns(models)
   invert_cfg = inversion.get_invert_config()

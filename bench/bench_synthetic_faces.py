@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from machine import cpu_model  # noqa: E402  (bench/machine.py)
+from idinvert_jax.machine import cpu_model  # noqa: E402
 
 from idinvert_jax.data import synthetic_faces  # noqa: E402
 

@@ -23,12 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_inversion  # noqa: E402  (bench/bench_inversion.py)
-from machine import cpu_model  # noqa: E402
+from idinvert_jax.machine import cpu_model  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from idinvert_jax import checkpoint, inversion  # noqa: E402
+from idinvert_jax import export, inversion  # noqa: E402
 
 _MODELS = (("Generator", "G"), ("Encoder", "E"), ("VGG16", "VGG"))
 
@@ -84,7 +84,7 @@ def main():
 
   config = bench_inversion.make_config(args.quick, args.resolution)
   res = int(config.model.resolution)
-  models = checkpoint.create_models(config, jax.random.key(0), names=("generator", "encoder", "perceptual"))
+  models = export.create_models(config, jax.random.key(0), names=("generator", "encoder", "perceptual"))
   fns = inversion.model_fns(models)
   settings = inversion._settings(inversion.get_invert_config(), fns)  # pylint: disable=protected-access
   engine = inversion._engine(fns, settings, jax.devices()[:1])  # pylint: disable=protected-access

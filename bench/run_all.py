@@ -24,6 +24,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
 from idinvert_jax import files  # noqa: E402
+from idinvert_jax.machine import cpu_model  # noqa: E402
 
 JSON_PREFIX = "BENCH_JSON "
 MAX_SUMMARY_VALUES = 6
@@ -86,13 +87,7 @@ def _scalars(result: dict | None) -> str:
 
 
 def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((l.split(":", 1)[1].strip() for l in f if l.lower().startswith("model name")), cpu)
-  except OSError:
-    pass
-  return f"{cpu}, {os.cpu_count()} cores, {platform.platform()}, python {platform.python_version()}"
+  return f"{cpu_model()}, {os.cpu_count()} cores, {platform.platform()}, python {platform.python_version()}"
 
 
 def summary_table(results: list[dict]) -> list[str]:

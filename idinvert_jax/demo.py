@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from idinvert_jax import report
+from idinvert_jax import machine, report
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "assets" / "demo_checkpoint"
@@ -140,25 +138,25 @@ def prepare_model(checkpoint: str | Path | None, output: Path, seed: int) -> Dem
 
   An explicitly given --checkpoint must exist; only the default location falls back to the random model.
   """
-  from idinvert_jax import checkpoint as ckpt
+  from idinvert_jax import export
   if checkpoint is not None:
-    directory = ckpt.find_checkpoint_dir(checkpoint)  # Raises a one-line CheckpointError naming the path.
-    config = ckpt.load_config(directory)
+    directory = export.find_checkpoint_dir(checkpoint)  # Raises a one-line CheckpointError naming the path.
+    config = export.load_config(directory)
     return DemoModel(directory, True, f"checkpoint {directory} ({config.model.resolution} px)",
                      int(config.model.resolution))
   try:
-    directory = ckpt.find_checkpoint_dir(DEFAULT_CHECKPOINT)
-  except ckpt.CheckpointError:
+    directory = export.find_checkpoint_dir(DEFAULT_CHECKPOINT)
+  except export.CheckpointError:
     directory = None
   if directory is not None:
-    config = ckpt.load_config(directory)
+    config = export.load_config(directory)
     return DemoModel(directory, True, f"shipped demo checkpoint {directory} ({config.model.resolution} px)",
                      int(config.model.resolution))
   _loud(f"{NO_CHECKPOINT_BANNER} (nothing at {DEFAULT_CHECKPOINT})")
   import jax
   config = _tiny_config()
-  models = ckpt.create_models(config, jax.random.key(seed), names=("generator", "encoder"))
-  directory = ckpt.save_models(output / RANDOM_CHECKPOINT_DIR, config, models.variables())
+  models = export.create_models(config, jax.random.key(seed), names=("generator", "encoder"))
+  directory = export.save_models(output / RANDOM_CHECKPOINT_DIR, config, models.variables())
   return DemoModel(directory, False, f"random tiny model (configs/tiny.py, {config.model.resolution} px, seed "
                                      f"{seed}), saved to {directory}", int(config.model.resolution))
 
@@ -231,14 +229,6 @@ def _read_png(path: Path) -> np.ndarray:
   from PIL import Image
   with Image.open(path) as image:
     return np.asarray(image.convert("RGB"))
-
-
-def machine_description() -> list[list[str]]:
-  import jax
-  devices = jax.devices()
-  return [["platform", platform.platform()], ["python", platform.python_version()],
-          ["CPU cores", str(os.cpu_count())], ["jax", f"{jax.__version__}, backend {jax.default_backend()}"],
-          ["devices", f"{len(devices)} x {devices[0].device_kind}"]]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -348,9 +338,9 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
     sections.append(report.Section("Semantic diffusion", text="Skipped (--skip_diffusion)."))
   else:
     def diffuse():
-      from idinvert_jax import checkpoint as ckpt
+      from idinvert_jax import export
       contexts = source_paths[1:1 + DIFFUSION_CONTEXTS]
-      has_vgg = "perceptual" in ckpt.load_models(model.checkpoint).names()
+      has_vgg = "perceptual" in export.load_models(model.checkpoint).names()
       argv = ["diffuse", "--checkpoint", model.checkpoint, "--targets", source_paths[0], "--contexts", *contexts,
               "--num_iterations", num_iterations, "--num_results", 3, "--output", output / "diffusion"]
       argv += ([] if has_vgg else ["--no_perceptual"]) + (["--progress"] if progress else [])
@@ -432,7 +422,14 @@ def _timings_section(timings) -> report.Section:
   rows = [[name, f"{seconds:.1f}"] for name, seconds in timings]
   rows.append(["total", f"{sum(s for _, s in timings):.1f}"])
   return report.Section("Timings and machine", text="Wall-clock seconds per stage (compilation included).",
-                        table=(["stage", "seconds"], rows + [[k, v] for k, v in machine_description()]))
+                        table=(["stage", "seconds"], rows + _machine_rows()))
+
+
+def _machine_rows() -> list[list[str]]:
+  m = machine.describe()
+  return [["platform", m["platform"]], ["python", m["python"]], ["CPU cores", str(m["cores"])],
+          ["jax", f"{m['jax_version']}, backend {m['jax_backend']}"],
+          ["devices", f"{m['jax_devices']} x {m['jax_device_kind']}"]]
 
 
 # ----------------------------------------------------------------------------------------------------------

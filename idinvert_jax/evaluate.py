@@ -26,8 +26,6 @@ import dataclasses
 import io
 import json
 import math
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from idinvert_jax import files, report
+from idinvert_jax import machine as machine_lib
 
 SYNTHETIC_PREFIX = "synthetic"
 SYNTHETIC_HELDOUT_START = 1_000_000
@@ -94,23 +93,6 @@ def comparison_runs(methods: Sequence[str] = ("encoder", "optimize", "indomain")
   if not runs:
     raise EvaluateError("evaluate: no runs selected; pass --methods with at least one method.")
   return runs
-
-
-def machine_info() -> dict[str, Any]:
-  """CPU model, core count and JAX devices, to print next to timings."""
-  cpu = platform.processor() or ""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.lower().startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  devices = jax.devices()
-  return {"cpu": cpu or platform.machine(), "cores": os.cpu_count(), "platform": platform.platform(),
-          "jax_backend": jax.default_backend(), "jax_devices": len(devices),
-          "jax_device_kind": devices[0].device_kind, "jax_version": jax.__version__}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -365,7 +347,7 @@ def run_comparison(checkpoint: str, images: Sequence[str], output: str, config: 
   synthesize = _synthesize_fn(models)
   edit, edit_info, edit_reason = prepare_editing(models, boundary, train_boundary, attribute, edit_distance, quick,
                                                  seed, synthesize, predictor)
-  machine = machine_info()
+  machine = machine_lib.describe()
   rows, results = [], []
   for spec in runs:
     row, result = evaluate_run(spec, x, models, models.config, synthesize, edit, edit_reason, seed, progress)
@@ -402,10 +384,10 @@ def run_comparison(checkpoint: str, images: Sequence[str], output: str, config: 
 
 def _user_errors() -> tuple[type, ...]:
   """Exceptions that mean a fixable input problem: printed as one line instead of a traceback."""
-  from idinvert_jax import checkpoint, inversion
+  from idinvert_jax import export, inversion
   from idinvert_jax.data import sources
   from idinvert_jax.editing import boundaries
-  return (EvaluateError, inversion.InversionError, checkpoint.CheckpointError, sources.InputNotFoundError,
+  return (EvaluateError, inversion.InversionError, export.CheckpointError, sources.InputNotFoundError,
           sources.EmptySourceError, boundaries.BoundaryFileError)
 
 

@@ -123,7 +123,7 @@ def _find_leaf(tree, name: str):
 
 
 def model_fns(models) -> ModelFns:
-  """Builds the engine's functions from a `checkpoint.Models` bundle."""
+  """Builds the engine's functions from a `export.Models` bundle."""
   from idinvert_jax.models import encoder as encoder_lib
   from idinvert_jax.models import generator as generator_lib
 
@@ -511,11 +511,11 @@ def _check_images(images: np.ndarray, mask: np.ndarray | None, resolution: int):
 
 def invert(images, models, config, mask=None, progress: bool = True,
            devices: Sequence[jax.Device] | None = None, pad_to_batch_size: bool = False) -> InversionResult:
-  """Inverts `images` [N,H,W,3] in [-1,1] with the models of a `checkpoint.Models` bundle.
+  """Inverts `images` [N,H,W,3] in [-1,1] with the models of a `export.Models` bundle.
 
   Args:
     images: float array [N, H, W, 3], H = W = the generator's resolution.
-    models: `idinvert_jax.checkpoint.Models` (or a `ModelFns`, for custom models).
+    models: `idinvert_jax.export.Models` (or a `ModelFns`, for custom models).
     config: the experiment config (its `.invert` section is used) or an invert section itself
       (see `get_invert_config`); missing fields take the defaults of its method.
     mask: optional [N, H, W, 1] per-image mask for the pixel and perceptual terms (semantic diffusion).

@@ -85,10 +85,10 @@ def _image_error_types() -> tuple[type, ...]:
 
 def load_job_models(checkpoint_dir: str | Path, config: ml_collections.ConfigDict | None = None):
   """Models from a checkpoint; VGG16 from config.model.perceptual.weights when the checkpoint has none."""
-  from idinvert_jax import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
-  models = ckpt.load_models(checkpoint_dir, config=config)
+  from idinvert_jax import export  # pylint: disable=g-import-not-at-top
+  models = export.load_models(checkpoint_dir, config=config)
   if models.perceptual_vars is None:
-    from idinvert_jax.models import vgg16  # pylint: disable=g-import-not-at-top
+    from idinvert_jax.convert import vgg16  # pylint: disable=g-import-not-at-top
     loaded = vgg16.load_perceptual(models.config.model)  # None (+ a warning) when no weights are given.
     if loaded is not None:
       models.perceptual, models.perceptual_vars = loaded
@@ -200,7 +200,7 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
     overwrite: redo every image even if an earlier run on `output` finished it.
     progress: tqdm bars.
     devices: devices of the 'data' mesh (default: all).
-    models: an already loaded `checkpoint.Models` (then `checkpoint` is only reported).
+    models: an already loaded `export.Models` (then `checkpoint` is only reported).
   """
   output = Path(output)
   if models is None:

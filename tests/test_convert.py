@@ -260,13 +260,13 @@ def _write_config(path: Path, resolution: int, **generator_fields):
 
 
 def test_cli_converts_to_checkpoint_and_exports_back(tmp_path, generator_fixture, encoder_fixture):
-  from idinvert_jax import checkpoint
+  from idinvert_jax import export
   from idinvert_jax.convert import __main__ as cli
   small = dict(z_dim=16, w_dim=16, mapping_fmaps=16, fmaps_base=512, fmaps_max=16)
   gen_config = _write_config(tmp_path / "gen128.py", 128, **small)
   assert cli.main(["--generator", str(FIXTURES / "generator128.pth"), "--output", str(tmp_path / "ckpt_g"),
                    "--config", gen_config]) == 0
-  models = checkpoint.load_models(tmp_path / "ckpt_g")
+  models = export.load_models(tmp_path / "ckpt_g")
   assert models.names() == ("generator",)
   io_ = np.load(FIXTURES / "generator128_io.npz")
   _assert_close("checkpoint generate(z)", generator_lib.generate(models.generator, models.generator_vars,

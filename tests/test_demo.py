@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from idinvert_jax import checkpoint, demo
+from idinvert_jax import demo, export
 from idinvert_jax.editing import boundaries
 
 NUM_ITERATIONS = 2
@@ -43,8 +43,8 @@ def random_run(tmp_path_factory):
 def tiny_checkpoint(tmp_path_factory):
   """A tiny checkpoint with generator + encoder and two boundaries in its boundaries/ folder."""
   config = tiny.get_config()
-  models = checkpoint.create_models(config, jax.random.key(1), names=("generator", "encoder"))
-  path = checkpoint.save_models(tmp_path_factory.mktemp("ckpt") / "ckpt", config, models.variables())
+  models = export.create_models(config, jax.random.key(1), names=("generator", "encoder"))
+  path = export.save_models(tmp_path_factory.mktemp("ckpt") / "ckpt", config, models.variables())
   num_layers, w_dim = models.generator.num_layers, models.generator.w_dim
   rng = np.random.default_rng(0)
   for name in ("smile", "eyeglasses"):
@@ -83,7 +83,7 @@ def test_random_fallback_says_so_loudly(random_run, capsys):
   assert "random tiny model" in text and "PLACEHOLDER boundaries" in text
   assert "Skipped (--skip_diffusion)" in text
   # The stand-in model is a real checkpoint on disk, so every stage (and the user) can reuse it.
-  assert checkpoint.load_config(out / demo.RANDOM_CHECKPOINT_DIR).model.resolution == 32
+  assert export.load_config(out / demo.RANDOM_CHECKPOINT_DIR).model.resolution == 32
   assert [name for _, name in summary.boundaries] == list(demo.PLACEHOLDER_ATTRIBUTES)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from idinvert_jax import checkpoint, demo, inversion
+from idinvert_jax import demo, export, inversion
 from idinvert_jax.data import load_images
 from idinvert_jax.editing import boundaries
 from idinvert_jax.metrics import reconstruction
@@ -43,7 +43,7 @@ def test_the_shipped_boundaries_are_trained_eyeglasses_and_hair_color():
 
 
 def test_the_shipped_model_inverts_the_held_out_examples_recognisably():
-  models = checkpoint.load_models(demo.DEFAULT_CHECKPOINT)
+  models = export.load_models(demo.DEFAULT_CHECKPOINT)
   paths = sorted(demo.DEFAULT_IMAGES.glob("*.png"))
   _, images, failures = load_images(paths, int(models.config.model.resolution))
   assert not failures and len(images) == len(paths) == 6

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import idinvert_jax.editing.boundaries as boundaries
+from idinvert_jax import untrusted
 
 OFFICIAL_MIRROR = Path("/work/.mirror/genforce+idinvert_pytorch/repo")
 
@@ -89,16 +90,16 @@ def test_refuses_pickles_that_construct_other_objects(tmp_path, payload, wrapped
   assert not marker.exists(), "the payload ran"
 
 
-def test_restricted_loads_refuses_codecs_tricks_and_other_globals():
+def test_loads_arrays_refuses_codecs_tricks_and_other_globals():
   # A non-latin1 codec through the one admitted codecs global.
   crafted = b"\x80\x02c_codecs\nencode\nq\x00X\x03\x00\x00\x00abcq\x01X\x06\x00\x00\x00rot_13q\x02\x86q\x03Rq\x04."
   with pytest.raises(pickle.UnpicklingError):
-    boundaries.restricted_loads(crafted)
+    untrusted.loads_arrays(crafted)
   with pytest.raises(pickle.UnpicklingError, match="subprocess.Popen"):
-    boundaries.restricted_loads(b"csubprocess\nPopen\n.")
+    untrusted.loads_arrays(b"csubprocess\nPopen\n.")
   # Plain data round-trips.
   data = {"a": [1, 2.5, "x", (3,)], "b": np.arange(5, dtype=np.float32)}
-  out = boundaries.restricted_loads(pickle.dumps(data, protocol=2))
+  out = untrusted.loads_arrays(pickle.dumps(data, protocol=2))
   np.testing.assert_array_equal(out["b"], data["b"])
   assert out["a"] == data["a"]
 
@@ -181,7 +182,7 @@ def test_read_scores_from_csv_and_npy(tmp_path):
 def test_refuses_object_arrays_hiding_other_types(tmp_path):
   structured = np.zeros((1,), dtype=[("f", object)])
   with pytest.raises(pickle.UnpicklingError, match="is not allowed"):
-    boundaries.restricted_loads(pickle.dumps(structured, protocol=2))
+    untrusted.loads_arrays(pickle.dumps(structured, protocol=2))
   # An object array whose elements came from somewhere else than the unpickler cannot be built: numpy refuses
   # raw bytes for object dtypes, and the reader turns that into its own error.
   crafted = pickle.dumps(np.zeros((2,), np.float64), protocol=2).replace(b"f8", b"O8")

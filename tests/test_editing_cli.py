@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from idinvert_jax import checkpoint
+from idinvert_jax import export
 from idinvert_jax import files
 from idinvert_jax.editing import boundaries
 from idinvert_jax.editing import cli
@@ -28,8 +28,8 @@ def setup(tmp_path_factory):
   """A tiny generator+encoder checkpoint and two invert.py-style folders of codes rendered by it."""
   root = tmp_path_factory.mktemp("edit")
   config = _tiny_config()
-  models = checkpoint.create_models(config, jax.random.key(0), names=("generator", "encoder"))
-  checkpoint.save_models(root / "ckpt", config, models.variables())
+  models = export.create_models(config, jax.random.key(0), names=("generator", "encoder"))
+  export.save_models(root / "ckpt", config, models.variables())
   G, variables = models.generator, models.generator_vars
   res = int(G.resolution)
   folders = {}

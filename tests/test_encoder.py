@@ -10,6 +10,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 from idinvert_jax.models import encoder as encoder_lib
+from idinvert_jax.models import generator as generator_lib
 
 
 def official_encoder_parameter_count(resolution, w_dim=512, channels_base=64, channels_max=1024):
@@ -62,7 +63,7 @@ def test_small_encoders_match_the_official_count_and_output_shape(resolution, ba
       resolution, 8, base, cmax)
   x = jax.random.uniform(jax.random.key(2), (3, resolution, resolution, 3), minval=-1, maxval=1)
   wp = encoder_lib.encode(E, variables, x)
-  assert wp.shape == (3, encoder_lib.num_wp_layers(resolution), 8)
+  assert wp.shape == (3, generator_lib.num_wp_layers(resolution), 8)
   assert np.all(np.isfinite(wp))
 
 

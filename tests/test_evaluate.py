@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from idinvert_jax import checkpoint, evaluate
+from idinvert_jax import evaluate, export
 from idinvert_jax.data import synthetic_faces
 from idinvert_jax.editing import boundaries
 from idinvert_jax.metrics import attributes
@@ -15,8 +15,8 @@ from idinvert_jax.metrics import attributes
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
   config = tiny.get_config()
-  models = checkpoint.create_models(config, jax.random.PRNGKey(0), names=("generator", "encoder"))
-  return str(checkpoint.save_models(tmp_path_factory.mktemp("ckpt"), config, models.variables()))
+  models = export.create_models(config, jax.random.PRNGKey(0), names=("generator", "encoder"))
+  return str(export.save_models(tmp_path_factory.mktemp("ckpt"), config, models.variables()))
 
 
 def test_comparison_writes_a_complete_table(tiny_checkpoint, tmp_path):

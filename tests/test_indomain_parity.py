@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from idinvert_jax import checkpoint
+from idinvert_jax import export
 from idinvert_jax import inversion
 from idinvert_jax.convert import encoder as convert_encoder
 from idinvert_jax.convert import generator as convert_generator
@@ -71,14 +71,14 @@ def io():
 
 @pytest.fixture(scope="module")
 def models(io):
-  """A checkpoint.Models bundle of the converted official weights, as the converter CLI would build."""
+  """A export.Models bundle of the converted official weights, as the converter CLI would build."""
   G = generator_lib.Generator(**GEN_KW)
   E = encoder_lib.Encoder(**ENC_KW)
   F = vgg16_lib.VGG16Features()  # conv4_3, as the official PerceptualModel.
   config = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict(dict(resolution=32, generator=dict(w_dim=16)))
   vgg_state = convert_vgg16.synthetic_official_vgg16_state_dict(int(io["vgg_seed"]))
-  return checkpoint.Models(
+  return export.Models(
       config=config,
       generator=G, generator_vars=convert_generator.official_generator_to_variables(
           pth.load_state_dict(FIXTURES / "indomain32_generator.pth"), G),

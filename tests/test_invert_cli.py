@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from idinvert_jax import checkpoint, inversion, invert_cli
+from idinvert_jax import export, inversion, invert_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = dict(num_iterations=2, num_results=2, batch_size=2)
@@ -25,8 +25,8 @@ def config():
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, config):
-  models = checkpoint.create_models(config, jax.random.key(0), names=("generator", "encoder"))
-  return checkpoint.save_models(tmp_path_factory.mktemp("ckpt"), config, models.variables())
+  models = export.create_models(config, jax.random.key(0), names=("generator", "encoder"))
+  return export.save_models(tmp_path_factory.mktemp("ckpt"), config, models.variables())
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_a_bad_file_is_skipped_and_named(job, image_dir):
 def test_codes_match_the_engine_on_the_same_pixels(job, ckpt):
   """The job's code for an image is what invert() gives for that image's loaded pixels."""
   out, _ = job
-  models = checkpoint.load_models(ckpt)
+  models = export.load_models(ckpt)
   x = np.asarray(Image.open(out / "c_ori.png"), np.float32) / 127.5 - 1
   settings = invert_cli.invert_settings(models.config, SETTINGS)
   result = inversion.invert(x[None], models, settings, progress=False)
@@ -113,14 +113,14 @@ def test_rerun_skips_done_images_and_a_lost_batch_is_redone(job, ckpt, image_dir
 
 
 def test_checkpoint_problems_fail_before_any_work(tmp_path, config, image_dir):
-  gen_only = checkpoint.create_models(config, jax.random.key(1), names=("generator",))
-  path = checkpoint.save_models(tmp_path / "gen_only", config, gen_only.variables())
+  gen_only = export.create_models(config, jax.random.key(1), names=("generator",))
+  path = export.save_models(tmp_path / "gen_only", config, gen_only.variables())
   out = tmp_path / "never"
   with pytest.raises(inversion.InversionError, match="needs an encoder"):
     invert_cli.run_inversion(path, [image_dir], out, overrides=SETTINGS, progress=False)
   other = tiny.get_config()
   other.model.resolution = 16
-  with pytest.raises(checkpoint.CheckpointError, match="resolution"):
+  with pytest.raises(export.CheckpointError, match="resolution"):
     invert_cli.run_inversion(path, [image_dir], out, config=other, overrides=SETTINGS, progress=False)
   assert not out.exists()
 

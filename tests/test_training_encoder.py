@@ -104,8 +104,8 @@ def test_reconstruction_error_falls_well_below_its_initial_value(trainer8, in_do
   first, last = pixel[0], float(np.mean(pixel[-5:]))
   assert last < 0.5 * first, (first, last)
   # The export holds the frozen G, the trained E and D, and inference (BN running stats) reconstructs too.
-  from idinvert_jax import checkpoint  # pylint: disable=import-outside-toplevel
-  exported = checkpoint.load_models(tmp_path)
+  from idinvert_jax import export  # pylint: disable=import-outside-toplevel
+  exported = export.load_models(tmp_path)
   assert exported.names() == ("generator", "encoder", "discriminator")
   G, E = exported.generator, exported.encoder
   x = in_domain_images[:8]

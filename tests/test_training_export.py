@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from configs import tiny
-from idinvert_jax import checkpoint
+from idinvert_jax import export
 from idinvert_jax import training
 from idinvert_jax.training import arrays
 from idinvert_jax.training import loop
@@ -37,16 +37,16 @@ def origins(workdir):
 def test_gan_rerun_keeps_the_encoder_in_export_and_says_it_is_stale(tmp_path, caplog):
   mesh = mesh_lib.make_mesh(None, jax.devices()[:1])
   train_stage(two_stage_config(gan_steps=2), tmp_path, "gan", mesh)
-  assert checkpoint.load_models(tmp_path).names() == ("generator", "discriminator")
+  assert export.load_models(tmp_path).names() == ("generator", "discriminator")
   train_stage(two_stage_config(gan_steps=2), tmp_path, "encoder", mesh)
-  after_encoder = checkpoint.load_models(tmp_path)
+  after_encoder = export.load_models(tmp_path)
   assert after_encoder.names() == ("generator", "encoder", "discriminator")
   assert origins(tmp_path)["encoder"] == {"stage": "encoder", "step": 2, "generator": {"stage": "gan", "step": 2}}
 
   caplog.clear()
   result = train_stage(two_stage_config(gan_steps=3), tmp_path, "gan", mesh)  # one more GAN step, new export
   assert result.start_step == 2 and result.step == 3
-  after_gan = checkpoint.load_models(tmp_path)
+  after_gan = export.load_models(tmp_path)
   assert after_gan.names() == ("generator", "encoder", "discriminator")  # the encoder was not lost
   for a, b in zip(jax.tree.leaves(after_gan.encoder_vars), jax.tree.leaves(after_encoder.encoder_vars)):
     np.testing.assert_array_equal(a, b)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from idinvert_jax import checkpoint
+from idinvert_jax import export
 from idinvert_jax import training
 from idinvert_jax.training import arrays
 from idinvert_jax.training import gan as gan_training
@@ -84,7 +84,7 @@ def test_run_writes_metrics_samples_and_a_loadable_export(uninterrupted):
   assert all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) and r["images_per_sec"] >= 0 for r in records)
   assert sorted(os.listdir(workdir / "samples")) == ["gan_00000002.png", "gan_00000004.png"]
   assert sorted(os.listdir(workdir / "checkpoints" / "gan")) == ["2", "4"]
-  models = checkpoint.load_models(workdir)
+  models = export.load_models(workdir)
   assert models.names() == ("generator", "discriminator")
   assert_trees_equal(models.generator_vars, state["generator_ema"])
   assert_trees_equal(models.discriminator_vars, state["discriminator"])
@@ -131,7 +131,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(trainer
   assert os.listdir(tmp_path / "checkpoints" / "gan") == ["2"]
   # The saved step is the good one and training resumes from it.
   restored = trainer8.stage()
-  ckpt = training.checkpointing.TrainCheckpointer(tmp_path / "checkpoints" / "gan")
+  ckpt = training.checkpoints.TrainCheckpointer(tmp_path / "checkpoints" / "gan")
   step, state, _ = ckpt.restore_latest(restored.abstract_state())
   ckpt.close()
   assert step == 2 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))

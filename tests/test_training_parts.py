@@ -13,7 +13,7 @@ import pytest
 from configs import tiny
 from idinvert_jax import losses
 from idinvert_jax import training
-from idinvert_jax.training import checkpointing
+from idinvert_jax.training import checkpoints
 from idinvert_jax.training import encoder as encoder_training
 from idinvert_jax.training import gan as gan_training
 from idinvert_jax.training import loop
@@ -174,7 +174,7 @@ def _small_state(value):
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
   directory = tmp_path / "checkpoints"
-  ckpt = checkpointing.TrainCheckpointer(directory, max_to_keep=3)
+  ckpt = checkpoints.TrainCheckpointer(directory, max_to_keep=3)
   for step in (1, 2, 3):
     ckpt.save(step, _small_state(step), {"index": step * 10})
   ckpt.wait()
@@ -201,7 +201,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
 
 
 def test_no_checkpoint_restores_none_and_nan_state_is_rejected(tmp_path):
-  ckpt = checkpointing.TrainCheckpointer(tmp_path / "c")
+  ckpt = checkpoints.TrainCheckpointer(tmp_path / "c")
   assert ckpt.restore_latest(_small_state(0)) is None
   good, bad = _small_state(1), _small_state(2)
   bad["w"] = bad["w"] * jnp.nan
@@ -212,7 +212,7 @@ def test_no_checkpoint_restores_none_and_nan_state_is_rejected(tmp_path):
 
 
 def test_each_process_restores_its_own_data_state_and_old_checkpoints_still_load(tmp_path, caplog):
-  ckpt = checkpointing.TrainCheckpointer(tmp_path / "c")
+  ckpt = checkpoints.TrainCheckpointer(tmp_path / "c")
   ckpt.save(1, _small_state(1), {"position": 7})
   assert ckpt.restore_latest(_small_state(0))[2] == {"position": 7}  # single process: its own state back
   # A step written the old way (the bare state of process 0) still resumes a single-process run.
@@ -223,22 +223,22 @@ def test_each_process_restores_its_own_data_state_and_old_checkpoints_still_load
   assert ckpt.restore_latest(_small_state(0))[::2] == (2, {"position": 9})
   ckpt.close()
   # What two processes write (gathered), and what each of them restores.
-  two = {"format": checkpointing.DATA_STATES_FORMAT, "process_count": 2,
+  two = {"format": checkpoints.DATA_STATES_FORMAT, "process_count": 2,
          "states": {"0": {"position": 7}, "1": {"position": 11}}}
-  assert checkpointing.own_data_state(two, 0, 2) == {"position": 7}
-  assert checkpointing.own_data_state(two, 1, 2) == {"position": 11}
+  assert checkpoints.own_data_state(two, 0, 2) == {"position": 7}
+  assert checkpoints.own_data_state(two, 1, 2) == {"position": 11}
   # A checkpoint from before per-process states: process 0 resumes it, the others start afresh and say so.
   old = {"position": 7}
-  assert checkpointing.own_data_state(old, 0, 2, step=5) == old
-  assert checkpointing.own_data_state(old, 1, 2, step=5) is None
+  assert checkpoints.own_data_state(old, 0, 2, step=5) == old
+  assert checkpoints.own_data_state(old, 1, 2, step=5) is None
   assert "checkpoint step 5 holds the data-iterator state of process 0 only" in caplog.text
   # Another process count: nobody can take a slice that is not theirs, everyone restarts the stream.
-  assert checkpointing.own_data_state(two, 0, 4) is None
+  assert checkpoints.own_data_state(two, 0, 4) is None
   assert "states of 2 processes but this run has 4" in caplog.text
 
 
 def test_preemption_guard_turns_sigterm_into_a_stop_flag():
-  with checkpointing.PreemptionGuard() as guard:
+  with checkpoints.PreemptionGuard() as guard:
     assert not guard.should_stop()
     os.kill(os.getpid(), signal.SIGTERM)
     assert guard.should_stop()

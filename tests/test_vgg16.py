@@ -111,7 +111,7 @@ def _model_config(weights=""):
 
 def test_no_weights_disables_the_perceptual_term_with_a_warning(caplog):
   with caplog.at_level(logging.WARNING):
-    assert vgg16_lib.load_perceptual(_model_config()) is None
+    assert convert_vgg16.load_perceptual(_model_config()) is None
   assert "config.model.perceptual.weights" in caplog.text and "DISABLED" in caplog.text
 
 
@@ -119,7 +119,7 @@ def test_load_perceptual_from_config_file(tmp_path, synthetic):
   state_dict, variables = synthetic
   path = tmp_path / "vgg16.pth"
   torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, path)
-  F, loaded = vgg16_lib.load_perceptual(_model_config(str(path)))
+  F, loaded = convert_vgg16.load_perceptual(_model_config(str(path)))
   assert F.layers == ("conv2_2", "conv4_3")
   np.testing.assert_array_equal(loaded["params"]["conv4_3"]["kernel"], variables["params"]["conv4_3"]["kernel"])
   assert vgg16_lib.build_perceptual(ml_collections.ConfigDict({"resolution": 32})).layers == ("conv4_3",)

@@ -82,11 +82,11 @@ def predictor_is_usable(quality: dict) -> bool:
 def make_boundaries(checkpoint: Path, num_samples: int, classifier_images: int, classifier_steps: int,
                     seed: int, batch_size: int = 64, attributes_to_edit=BOUNDARY_ATTRIBUTES) -> list[Path]:
   """Fits boundaries for `attributes_to_edit` from predictor-scored generator samples of a checkpoint."""
-  from idinvert_jax import checkpoint as ckpt
+  from idinvert_jax import export
   from idinvert_jax.editing import boundaries, cli
   from idinvert_jax.metrics import attributes
 
-  models = ckpt.load_models(checkpoint, names=("generator",))
+  models = export.load_models(checkpoint, names=("generator",))
   resolution = int(models.config.model.resolution)
   module, variables, report = attributes.train_attribute_classifier(
       resolution, classifier_images, classifier_steps, seed=seed + 1,

@@ -2,7 +2,7 @@
 
 `convert_official` reads the official PyTorch generator / encoder `.pth` and VGG16 (`vgg16.pth` or Keras `.h5`)
 with the safe reader (no torch needed), maps every key explicitly (see convert/generator.py, encoder.py,
-vgg16.py) and writes one checkpoint directory (config.json + Orbax variables) via `checkpoint.save_models`.
+vgg16.py) and writes one checkpoint directory (config.json + Orbax variables) via `export.save_models`.
 `export_official` goes back: a checkpoint -> `generator.pth`, `encoder.pth`, `vgg16.pth` in the official layout
 (writing .pth needs torch: `pip install 'idinvert_jax[convert]'`).
 """
@@ -79,20 +79,20 @@ def _with_file(path: str, convert):
 def convert_official(output: str | os.PathLike, config: ml_collections.ConfigDict, generator: str | None = None,
                      encoder: str | None = None, perceptual: str | None = None) -> Path:
   """Converts the given official files into the checkpoint directory `output`; returns its path."""
-  from idinvert_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from idinvert_jax import export  # pylint: disable=g-import-not-at-top
   if not (generator or encoder or perceptual):
     raise ValueError("nothing to convert: pass at least one of --generator, --encoder, --perceptual")
   config = ml_collections.ConfigDict(config.to_dict())
   if perceptual:
     config.model.perceptual.weights = os.path.abspath(perceptual)
   variables = official_to_variables(config, generator, encoder, perceptual)
-  return checkpoint.save_models(output, config, variables)
+  return export.save_models(output, config, variables)
 
 
 def export_official(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
   """Writes the checkpoint's generator / encoder / perceptual as official .pth files; returns {name: path}."""
-  from idinvert_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  models = checkpoint.load_models(checkpoint_dir)
+  from idinvert_jax import export  # pylint: disable=g-import-not-at-top
+  models = export.load_models(checkpoint_dir)
   to_official = {
       "generator": lambda: convert_generator.variables_to_official_generator(models.generator_vars,
                                                                               models.generator),

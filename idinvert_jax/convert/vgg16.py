@@ -11,6 +11,7 @@ Keras h5 (`vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5`): group block<s>_c
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping
 
@@ -101,6 +102,20 @@ def load_vgg16_weights(path: str | os.PathLike) -> dict[str, Any]:
   if path.endswith((".h5", ".hdf5")):
     return keras_h5_to_variables(path)
   return official_vgg16_to_variables(pth.load_state_dict(path))
+
+
+def load_perceptual(model_cfg) -> tuple[vgg16_lib.VGG16Features, dict[str, Any]] | None:
+  """(F, variables) from the file in config.model.perceptual.weights, or None (with a warning) when it is empty.
+
+  None means: disable the perceptual term (weight 0). Missing or malformed files raise an error naming them.
+  """
+  path = model_cfg.perceptual.get("weights", "") if "perceptual" in model_cfg else ""
+  if not path:
+    logging.warning("No VGG16 weights given (config.model.perceptual.weights is empty): the perceptual loss "
+                    "is DISABLED (weight 0). Pass the official vgg16.pth or Keras "
+                    "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 to enable it.")
+    return None
+  return vgg16_lib.build_perceptual(model_cfg), load_vgg16_weights(path)
 
 
 def synthetic_official_vgg16_state_dict(seed: int) -> dict[str, np.ndarray]:

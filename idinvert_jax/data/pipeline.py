@@ -13,7 +13,7 @@ process takes the next position of its own slice instead, counts the skip and lo
 `get_state()` returns a JSON-serialisable dict (the grain iterator position plus counters) and `set_state`
 restores it, so a resumed run sees exactly the batches an uninterrupted run would have seen. The state is
 per process: when bad files were skipped, processes are at different positions, so the trainer saves every
-process's state and each process restores its own (training/checkpointing.py).
+process's state and each process restores its own (training/checkpoints.py).
 """
 from __future__ import annotations
 

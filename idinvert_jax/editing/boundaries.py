@@ -2,12 +2,11 @@
 
 A boundary is the unit normal of a hyperplane in W+ that separates codes with and without an attribute
 (InterFaceGAN). Official files are `np.save`d 0-d object arrays holding a pickled dict
-{'boundary': float32 [1, L, 512], 'meta_data': {'manipulate_layers': [...]}}; they are read here with an
-unpickler that can only build numpy arrays, dtypes and plain containers, never arbitrary objects.
+{'boundary': float32 [1, L, 512], 'meta_data': {'manipulate_layers': [...]}}; they are read with
+`untrusted.loads_arrays`, which can only build numpy arrays, dtypes and plain containers, never arbitrary objects.
 """
 from __future__ import annotations
 
-import codecs
 import csv
 import dataclasses
 import io
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from idinvert_jax import files
+from idinvert_jax import files, untrusted
 from idinvert_jax.editing.manipulate import layerwise_direction
 
 
@@ -52,96 +51,6 @@ class Boundary:
     return layerwise_direction(self.direction, num_layers)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Restricted unpickling.
-
-def _latin1_encode(text, encoding="latin1", errors="strict"):
-  """The only use of `_codecs.encode` in numpy pickles: bytes written as latin-1 text (protocol 2)."""
-  if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1" or errors != "strict":
-    raise pickle.UnpicklingError(f"refused _codecs.encode({type(text).__name__}, {encoding!r}, {errors!r})")
-  return codecs.encode(text, "latin1")
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-  reconstruct = np.ndarray.__reduce__(np.zeros(()))[0]  # numpy's own _reconstruct, whatever its module.
-  scalar = np.float32(0).__reduce__()[0]
-  allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-             ("_codecs", "encode"): _latin1_encode}
-  for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    allowed[(module, "_reconstruct")] = reconstruct
-    allowed[(module, "scalar")] = scalar
-  return allowed
-
-
-def _check_dtype(dtype: np.dtype) -> None:
-  """Only plain bool/int/uint/float/complex/object dtypes whose state matches numpy's own.
-
-  A pickled dtype's state (flags, item size) is set by BUILD; a forged one can make numpy read raw bytes as
-  object pointers, so every dtype must equal the canonical dtype of its type string in every such field.
-  """
-  canonical = np.dtype(dtype.str)
-  if (dtype.kind not in "biufcO" or dtype.fields is not None or dtype.subdtype is not None
-      or dtype != canonical or dtype.flags != canonical.flags or dtype.itemsize != canonical.itemsize
-      or dtype.alignment != canonical.alignment):
-    raise pickle.UnpicklingError(f"dtype {dtype!r} (flags {dtype.flags}) is not allowed in a boundary file")
-
-
-class _ArrayOnlyUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
-  """Builds numpy arrays, dtypes, scalars, dicts, lists, tuples, numbers and strings; refuses any other global.
-
-  The pure-Python unpickler is used so that BUILD can be checked: a dtype's state is validated right after it
-  is set, before any array uses it.
-  """
-
-  _ALLOWED = _allowed_globals()
-  dispatch = dict(pickle._Unpickler.dispatch)  # pylint: disable=protected-access
-
-  def find_class(self, module: str, name: str):
-    try:
-      return self._ALLOWED[(module, name)]
-    except KeyError:
-      raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a boundary file") from None
-
-  def persistent_load(self, pid):
-    raise pickle.UnpicklingError("persistent ids are not allowed in a boundary file")
-
-  def load_build(self):
-    if len(self.stack) < 2:
-      raise pickle.UnpicklingError("malformed BUILD in a boundary file")
-    target = self.stack[-2]  # BUILD pops the state (stack[-1]) and sets it on the object below.
-    if not isinstance(target, (np.ndarray, np.dtype)):
-      raise pickle.UnpicklingError(f"BUILD on {type(target).__name__} is not allowed in a boundary file")
-    pickle._Unpickler.load_build(self)  # pylint: disable=protected-access
-    _check_dtype(target if isinstance(target, np.dtype) else target.dtype)
-
-  dispatch[pickle.BUILD[0]] = load_build
-
-
-def restricted_loads(data: bytes) -> Any:
-  """Unpickles `data` admitting only numpy arrays/dtypes/scalars and builtin containers, numbers, strings."""
-  value = _ArrayOnlyUnpickler(io.BytesIO(data)).load()
-  _check_plain(value)
-  return value
-
-
-def _check_plain(value: Any) -> None:
-  """Object arrays built by the unpickler may only hold plain values (recursively)."""
-  if isinstance(value, np.ndarray):
-    _check_dtype(value.dtype)
-    if value.dtype == object:
-      for item in value.ravel().tolist():
-        _check_plain(item)
-  elif isinstance(value, dict):
-    for key, item in value.items():
-      _check_plain(key)
-      _check_plain(item)
-  elif isinstance(value, (list, tuple)):
-    for item in value:
-      _check_plain(item)
-  elif not isinstance(value, (str, bytes, int, float, complex, bool, type(None), np.generic)):
-    raise pickle.UnpicklingError(f"value of type {type(value).__name__} is not allowed in a boundary file")
-
-
 def _read_npy(path: Path) -> Any:
   """np.load without pickles; object arrays (the official format) go through the restricted unpickler."""
   with open(path, "rb") as f:
@@ -157,7 +66,7 @@ def _read_npy(path: Path) -> Any:
       f.seek(0)
       return np.load(f, allow_pickle=False)
     try:
-      value = restricted_loads(f.read())
+      value = untrusted.loads_arrays(f.read())
     except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
       raise BoundaryFileError(f"{path}: refused to unpickle ({e}); only numpy arrays and plain dicts/lists are "
                               "accepted - re-save the boundary as a plain array or a project .npz.") from None

@@ -38,8 +38,8 @@ class EditError(ValueError):
 # Shared helpers: models, rendering, inversion folders, images.
 
 def load_checkpoint(path: str, names: Sequence[str] = ("generator",)):
-  from idinvert_jax import checkpoint
-  return checkpoint.load_models(path, names=names)
+  from idinvert_jax import export
+  return export.load_models(path, names=names)
 
 
 def generator_shape(models) -> tuple[int, int, int]:

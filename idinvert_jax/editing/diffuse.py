@@ -97,7 +97,7 @@ def diffuse(target: np.ndarray, contexts: np.ndarray, models, config: ml_collect
   """Diffuses the crop of `target` [H, W, 3] into every context [N, H, W, 3] (images in [-1, 1]).
 
   Args:
-    models: `checkpoint.Models` with generator, encoder and (optionally) perceptual model, or an
+    models: `export.Models` with generator, encoder and (optionally) perceptual model, or an
       `inversion.ModelFns`.
     config: an invert section (see `diffusion_invert_config`; its loss_weight_enc must be 0) or an experiment
       config, from which `diffusion_invert_config` takes the settings.

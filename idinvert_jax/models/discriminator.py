@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from idinvert_jax.models import layers
-from idinvert_jax.models.generator import (FUSED_SCALE_OPTIONS, RESOLUTIONS, fast_init_key, jit_init,
-                                           num_channels, use_fused_scale)
+from idinvert_jax.models.generator import FUSED_SCALE_OPTIONS, RESOLUTIONS, num_channels, use_fused_scale
+from idinvert_jax.models.init import fast_init_key, jit_init
 
 
 def minibatch_stddev(x: jax.Array, group_size: int = 4, num_features: int = 1) -> jax.Array:

@@ -36,19 +36,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from idinvert_jax.models import generator as generator_lib
+from idinvert_jax.models import init as init_lib
 from idinvert_jax.models import layers as ops
+from idinvert_jax.models.generator import num_wp_layers
 
 # The official encoder accepts these resolutions; it ends at a 4x4 map.
 RESOLUTIONS = (8, 16, 32, 64, 128, 256, 512, 1024)
 _FINAL_RES = 4
 
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-
-
-def num_wp_layers(resolution: int) -> int:
-  """Number of W+ layers L of a StyleGAN generator at this resolution (14 at 256 px)."""
-  return 2 * (int(math.log2(resolution)) - 1)
 
 
 class BatchNorm(nn.Module):
@@ -168,11 +164,11 @@ class Encoder(nn.Module):
 
 def _init_impl(E: Encoder, rng: jax.Array) -> dict[str, Any]:
   x = jnp.zeros((1, E.resolution, E.resolution, E.image_channels), jnp.float32)
-  return dict(E.init(generator_lib.fast_init_key(rng), x, train=False))
+  return dict(E.init(init_lib.fast_init_key(rng), x, train=False))
 
 
 # Same fast-compiling init as the generator (rbg key, unoptimised XLA build of a run-once function).
-_init = generator_lib.jit_init(_init_impl)
+_init = init_lib.jit_init(_init_impl)
 
 
 def init_encoder(E: Encoder, rng: jax.Array) -> dict[str, Any]:

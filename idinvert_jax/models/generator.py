@@ -42,6 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from idinvert_jax.models import init as init_lib
 from idinvert_jax.models import layers as ops
 
 INIT_RES = 4
@@ -54,8 +55,11 @@ def num_channels(res: int, fmaps_base: int, fmaps_max: int) -> int:
   return min(fmaps_base // res, fmaps_max)
 
 
-def num_layers_for(resolution: int) -> int:
-  """Number of W+ layers (style inputs): 2 per resolution from 4x4 up to `resolution`."""
+def num_wp_layers(resolution: int) -> int:
+  """Number of W+ layers L (style inputs): 2 per resolution from 4x4 up to `resolution` (14 at 256 px).
+
+  The one definition of L: the encoder's output and the inversion engine use it too.
+  """
   return 2 * (int(math.log2(resolution)) - 1)
 
 
@@ -199,7 +203,7 @@ class Generator(nn.Module):
   @property
   def num_layers(self) -> int:
     """Number of W+ layers L (14 at 256 px)."""
-    return num_layers_for(self.resolution)
+    return num_wp_layers(self.resolution)
 
   def setup(self):
     width = self.w_dim * (1 if self.repeat_w else self.num_layers)
@@ -246,17 +250,6 @@ def truncate_codes(wp: jax.Array, w_avg: jax.Array, psi: Any, layers: int) -> ja
   return jnp.where(keep, wp, moved)
 
 
-def fast_init_key(rng: jax.Array) -> jax.Array:
-  """Turns a PRNG key into an 'unsafe_rbg' key for parameter initialisation.
-
-  Initialisers make ~50-150 separate draws (one per parameter, each after a fold_in of its path). With threefry
-  each draw adds a large block of HLO; 'unsafe_rbg' (XLA RngBitGenerator, hash-based split/fold_in, the
-  generator t5x/MaxText train with) compiles several times faster, and every test of the project initialises
-  models. Same key -> same variables on a given backend.
-  """
-  return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="unsafe_rbg")
-
-
 def _check_latents(G: Generator, x: jax.Array, expected: tuple[int, ...], name: str):
   if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
     raise ValueError(f"{name} has shape {tuple(x.shape)}; this generator expects [N, "
@@ -271,52 +264,14 @@ def _noise_rngs(G: Generator, noise_rng: Optional[jax.Array]) -> dict:
   return {}
 
 
-# Initialisation runs once per model. For small models (all tests use one) LLVM optimisation of that program is
-# wasted time: measured 16 s -> 7 s compile for the tiny config on a loaded 2-core machine. For big ones the
-# unoptimised random-number code is slow to run (ffhq256: 3.8 s -> 80 s), so they compile normally.
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-FAST_COMPILE_MAX_PARAMS = 2_000_000
-
-
-def _outside_traces() -> bool:
-  try:
-    from jax._src import core  # pylint: disable=import-outside-toplevel
-    return core.trace_state_clean()
-  except (ImportError, AttributeError):  # private API moved: fall back to the plain jit
-    return False
-
-
-def jit_init(init_fn):
-  """`init_fn(module, rng)` jitted with the module static; small models compile with INIT_COMPILER_OPTIONS.
-
-  XLA accepts compiler options on top-level computations only, so nested calls (jit, eval_shape) use the plain
-  jit. Compiled programs are cached per (module, key type).
-  """
-  plain = jax.jit(init_fn, static_argnums=0)
-
-  @functools.lru_cache(maxsize=64)
-  def compiled(module, key_shape, key_dtype):
-    lowered = plain.lower(module, jax.ShapeDtypeStruct(key_shape, key_dtype))
-    size = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(lowered.out_info))
-    return lowered.compile(INIT_COMPILER_OPTIONS if size <= FAST_COMPILE_MAX_PARAMS else None)
-
-  def run(module, rng):
-    if not _outside_traces():
-      return plain(module, rng)
-    rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
-    return compiled(module, rng.shape, rng.dtype)(rng)
-
-  return run
-
-
 def _init_impl(G: Generator, rng: jax.Array) -> dict:
-  params_rng, noise_rng = jax.random.split(fast_init_key(rng))
+  params_rng, noise_rng = jax.random.split(init_lib.fast_init_key(rng))
   z = jnp.zeros((1, G.z_dim), jnp.float32)
   variables = G.init({"params": params_rng, "noise": noise_rng}, z)
   return {"params": variables["params"], "buffers": variables["buffers"]}
 
 
-_init = jit_init(_init_impl)
+_init = init_lib.jit_init(_init_impl)
 
 
 # jit with the module static: repeated eager calls with the same config compile once; inside a caller's
@@ -330,8 +285,8 @@ def init_generator(G: Generator, rng: jax.Array) -> dict:
   """Fresh variables {'params', 'buffers'}: TF-style N(0, 1/lr_mul) weights, zero biases and noise strengths,
   ones const, zero w_avg, N(0, 1) noise maps.
 
-  Deterministic in `rng` (drawn through an 'unsafe_rbg' key, see `fast_init_key`); a call nested in a jit /
-  eval_shape compiles without INIT_COMPILER_OPTIONS and may differ from a top-level call by float rounding of
+  Deterministic in `rng` (drawn through an 'unsafe_rbg' key, see `init.fast_init_key`); a call nested in a jit /
+  eval_shape compiles without `init.INIT_COMPILER_OPTIONS` and may differ from a top-level call by float rounding of
   the normal transform (measured <= 2.4e-7 on values of size ~4).
   """
   return _init(G, rng)

@@ -244,7 +244,7 @@ upsample_correlate_4x4.defvjp(_upsample_correlate_fwd, _upsample_correlate_bwd)
 
 
 def upconv2d(x: jax.Array, kernel: jax.Array, fused: bool) -> jax.Array:
-  """2x upsampling + 3x3 conv with an already scaled HWIO kernel (see `EqualizedUpConv`).
+  """2x upsampling + 3x3 conv with an already scaled HWIO kernel (the generator's `UpBlock`).
 
   fused: the official transposed convolution (`conv_transpose_stride2`), computed as `upsample_correlate_4x4`
   with the flipped fused kernel (same result, ~20 % faster G forward+backward at 256 px on CPU). Not fused:
@@ -303,25 +303,6 @@ class EqualizedConv(nn.Module):
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
     return y
-
-
-class EqualizedUpConv(nn.Module):
-  """2x upsampling + 3x3 convolution, no bias (the generator adds it in the epilogue).
-
-  fused=False: nearest x2 then 3x3 'SAME' conv. fused=True (official at >= 128 px): the raw 3x3 kernel is
-  scaled, fused to 4x4 (`fuse_kernel_2x2`) and applied as a stride-2 transposed conv. With the same stored
-  kernel the two differ by a spatial flip of the kernel (see tests). Param: `kernel` [3, 3, in, out].
-  """
-  features: int
-  fused: bool = False
-  kernel_size: int = 3
-  gain: float = LRELU_GAIN
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k, fan_in = self.kernel_size, x.shape[-1]
-    kernel = self.param("kernel", nn.initializers.normal(1.0), (k, k, fan_in, self.features))
-    return upconv2d(x, kernel * he_scale(k * k * fan_in, self.gain), self.fused)
 
 
 class EqualizedDownConv(nn.Module):

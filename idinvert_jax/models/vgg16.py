@@ -9,21 +9,20 @@ Weights. ImageNet weights cannot be downloaded by this project: they come only f
 `config.model.perceptual.weights` - the official `vgg16.pth` or Keras'
 `vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5` (read with h5py) - or from a project checkpoint that holds
 `perceptual` variables (see `python -m idinvert_jax.convert --perceptual`). Random VGG weights are never used
-silently: when no weights are given, `load_perceptual` warns (naming config.model.perceptual.weights) and returns
-None, and callers must then set the perceptual loss weight to 0.
+silently: when no weights are given, `convert.vgg16.load_perceptual` warns (naming config.model.perceptual.weights)
+and returns None, and callers must then set the perceptual loss weight to 0.
 
 Variables: `params` {conv<stage>_<i>: {kernel HWIO, bias}}.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from idinvert_jax.models import generator as generator_lib
+from idinvert_jax.models import init as init_lib
 from idinvert_jax.models import layers as ops
 
 # (stage, number of convs, channels) of VGG16's convolutional part.
@@ -80,10 +79,10 @@ def build_perceptual(model_cfg) -> VGG16Features:
 
 def _init_impl(F: VGG16Features, rng: jax.Array) -> dict[str, Any]:
   # The variables do not depend on the image size; 16 px is the smallest that survives the three max-pools.
-  return dict(F.init(generator_lib.fast_init_key(rng), jnp.zeros((1, 16, 16, 3), jnp.float32)))
+  return dict(F.init(init_lib.fast_init_key(rng), jnp.zeros((1, 16, 16, 3), jnp.float32)))
 
 
-_init = generator_lib.jit_init(_init_impl)
+_init = init_lib.jit_init(_init_impl)
 
 
 def init_perceptual(F: VGG16Features, rng: jax.Array) -> dict[str, Any]:
@@ -94,18 +93,3 @@ def init_perceptual(F: VGG16Features, rng: jax.Array) -> dict[str, Any]:
 def perceptual_features(F: VGG16Features, variables: dict[str, Any], x: jax.Array):
   """Features of images x [N, H, W, 3] in [-1, 1]: an array for one layer, a tuple for several."""
   return F.apply(variables, x)
-
-
-def load_perceptual(model_cfg) -> tuple[VGG16Features, dict[str, Any]] | None:
-  """(F, variables) from the file in config.model.perceptual.weights, or None (with a warning) when it is empty.
-
-  None means: disable the perceptual term (weight 0). Missing or malformed files raise an error naming them.
-  """
-  path = model_cfg.perceptual.get("weights", "") if "perceptual" in model_cfg else ""
-  if not path:
-    logging.warning("No VGG16 weights given (config.model.perceptual.weights is empty): the perceptual loss "
-                    "is DISABLED (weight 0). Pass the official vgg16.pth or Keras "
-                    "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 to enable it.")
-    return None
-  from idinvert_jax.convert import vgg16 as convert_vgg16  # pylint: disable=g-import-not-at-top
-  return build_perceptual(model_cfg), convert_vgg16.load_vgg16_weights(path)

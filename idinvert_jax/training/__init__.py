@@ -135,7 +135,7 @@ def compiled_stats(compiled) -> dict[str, Any]:
 
 def random_frozen_models(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, Any]:
   """Random generator/discriminator variables for the encoder stage (compile checks, benchmarks, tests)."""
-  from idinvert_jax import checkpoint  # pylint: disable=import-outside-toplevel
-  models = checkpoint.create_models(config, jax.random.PRNGKey(seed), names=("generator", "discriminator"))
+  from idinvert_jax import export  # pylint: disable=import-outside-toplevel
+  models = export.create_models(config, jax.random.PRNGKey(seed), names=("generator", "discriminator"))
   return {"generator_vars": models.generator_vars, "discriminator_vars": models.discriminator_vars,
           "perceptual": None}

@@ -23,7 +23,7 @@ import ml_collections
 import optax
 from jax.sharding import PartitionSpec as P
 
-from idinvert_jax import checkpoint
+from idinvert_jax import export
 from idinvert_jax import losses
 from idinvert_jax.training import loop
 from idinvert_jax.training import mesh as mesh_lib
@@ -64,12 +64,12 @@ class EncoderTrainer(loop.StateShapesMixin):
     self.tcfg = config.train
     self.mesh = mesh
     self.num_steps = int(self.tcfg.num_steps)
-    self.generator = checkpoint.build_module("generator", config.model)
+    self.generator = export.build_module("generator", config.model)
     if self.generator.noise_mode == "random":
       # The official encoder training synthesises with the fixed noise maps (randomize_noise=False).
       self.generator = self.generator.clone(noise_mode="const")
-    self.discriminator = checkpoint.build_module("discriminator", config.model)
-    self.encoder = checkpoint.build_module("encoder", config.model)
+    self.discriminator = export.build_module("discriminator", config.model)
+    self.encoder = export.build_module("encoder", config.model)
     # The same encoder with BN averaged over the data axis, for the training forward pass under shard_map.
     self.synced_encoder = self.encoder.clone(bn_axis_name=mesh_lib.DATA_AXIS)
     self.perceptual_module, perceptual_vars = perceptual if perceptual is not None else (None, None)
@@ -100,11 +100,11 @@ class EncoderTrainer(loop.StateShapesMixin):
   def _init_state_unsharded(self) -> dict[str, Any]:
     rng = jax.random.PRNGKey(int(self.tcfg.seed))
     e_rng, d_rng, base_rng = jax.random.split(rng, 3)
-    encoder_vars = checkpoint.init_variables("encoder", self.encoder, e_rng)
+    encoder_vars = export.init_variables("encoder", self.encoder, e_rng)
     if self._initial_discriminator_vars is not None:
       d_params = jax.tree.map(jnp.asarray, self._initial_discriminator_vars["params"])
     else:
-      d_params = checkpoint.init_variables("discriminator", self.discriminator, d_rng)["params"]
+      d_params = export.init_variables("discriminator", self.discriminator, d_rng)["params"]
     return {
         "step": jnp.zeros((), jnp.int32),
         "rng": base_rng,
@@ -229,14 +229,14 @@ class EncoderTrainer(loop.StateShapesMixin):
 def load_frozen_models(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Generator (+ discriminator when stored) variables from the generator checkpoint, and VGG16 if configured."""
   source = resolve_generator_source(config, workdir)
-  models = checkpoint.load_models(source, config=config)
+  models = export.load_models(source, config=config)
   if models.generator_vars is None:
     raise FileNotFoundError(f"checkpoint {source} has no generator; pass --config.train.generator_checkpoint=DIR "
                             "of a converted or stage-1 checkpoint")
   if models.discriminator_vars is None:
     logging.warning("checkpoint %s has no discriminator: encoder training starts D from random weights", source)
-  from idinvert_jax.models.vgg16 import load_perceptual  # pylint: disable=import-outside-toplevel
-  source_dir = str(checkpoint.find_checkpoint_dir(source))
+  from idinvert_jax.convert.vgg16 import load_perceptual  # pylint: disable=import-outside-toplevel
+  source_dir = str(export.find_checkpoint_dir(source))
   generator_origin = loop.read_export_origins(source_dir).get("generator") or {"checkpoint": source_dir}
   return {"generator_vars": models.generator_vars, "discriminator_vars": models.discriminator_vars,
           "perceptual": load_perceptual(config.model), "generator_origin": generator_origin}

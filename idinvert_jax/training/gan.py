@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from idinvert_jax import checkpoint
+from idinvert_jax import export
 from idinvert_jax import losses
 from idinvert_jax.training import loop
 from idinvert_jax.training import mesh as mesh_lib
@@ -61,10 +61,10 @@ class GanTrainer(loop.StateShapesMixin):
     self.mesh = mesh
     self.num_steps = int(self.tcfg.num_steps)
     self.batch_size = int(self.tcfg.batch_size)
-    self.generator = checkpoint.build_module("generator", config.model)
+    self.generator = export.build_module("generator", config.model)
     # Training draws fresh noise maps every step (official randomize_noise=True); sampling uses the config's mode.
     self.train_generator = self.generator.clone(noise_mode="random")
-    self.discriminator = checkpoint.build_module("discriminator", config.model)
+    self.discriminator = export.build_module("discriminator", config.model)
     self.g_tx = make_optimizer(float(self.tcfg.g_learning_rate), self.tcfg)
     self.d_tx = make_optimizer(float(self.tcfg.d_learning_rate), self.tcfg)
     self.beta = ema_beta(self.batch_size, float(self.tcfg.ema_kimg))
@@ -85,8 +85,8 @@ class GanTrainer(loop.StateShapesMixin):
   # ----- state -----
   def _init_state_unsharded(self) -> dict[str, Any]:
     g_rng, d_rng, base_rng = jax.random.split(jax.random.PRNGKey(int(self.tcfg.seed)), 3)
-    g_vars = checkpoint.init_variables("generator", self.generator, g_rng)
-    d_vars = checkpoint.init_variables("discriminator", self.discriminator, d_rng)
+    g_vars = export.init_variables("generator", self.generator, g_rng)
+    d_vars = export.init_variables("discriminator", self.discriminator, d_rng)
     g_vars = {"params": g_vars["params"], "buffers": g_vars["buffers"]}
     return {
         "step": jnp.zeros((), jnp.int32),

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from idinvert_jax.training import checkpointing
+from idinvert_jax.training import checkpoints
 from idinvert_jax.training import logging as train_logging
 
 
@@ -35,7 +35,7 @@ class Stage:
   init_state: () -> sharded train state pytree (a dict with at least 'step'), used when nothing to resume.
   abstract_state: () -> the same tree as jax.ShapeDtypeStruct with shardings (restore target; nothing runs).
   train_step: (state, images) -> (state, metrics dict of scalars); compiled with shardings.
-  export_variables: state -> {model name: variables} for checkpoint.save_models.
+  export_variables: state -> {model name: variables} for export.save_models.
   sample_rows: (state, images) -> rows of [-1, 1] HWC images for the PNG grid (or None).
   export_origins: step -> {model name: origin} written to export/training.json (None: every exported model is
     {"stage": name, "step": step}); an origin may name the "generator" origin a model was trained against.
@@ -64,7 +64,7 @@ def run(stage: Stage, *, config: Any, workdir: str, data_iterator: Iterator[jax.
         sample_every: int = 0, show_progress: bool = True) -> RunResult:
   """Trains `stage` up to `num_steps` in `workdir`, resuming from its latest good checkpoint."""
   workdir = os.path.abspath(workdir)
-  checkpointer = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints", stage.name),
+  checkpointer = checkpoints.TrainCheckpointer(os.path.join(workdir, "checkpoints", stage.name),
                                                  max_to_keep=keep_checkpoints)
   restored = checkpointer.restore_latest(stage.abstract_state())
   start_step = 0
@@ -95,7 +95,7 @@ def run(stage: Stage, *, config: Any, workdir: str, data_iterator: Iterator[jax.
     export_models(workdir, config, variables, at_step, origins)
 
   try:
-    with checkpointing.PreemptionGuard() as guard:
+    with checkpoints.PreemptionGuard() as guard:
       while step < num_steps:
         images = next(data_iterator)
         state, step_metrics = stage.train_step(state, images)
@@ -194,12 +194,12 @@ def stale_model_warnings(kept_origins: Mapping[str, Any], new_origins: Mapping[s
 def _models_to_keep(export_dir: str, config: Any, exported: Mapping[str, Any]) -> tuple[dict, dict]:
   """Variables and origins of the models in export/ that this export does not write (e.g. the encoder when the
   GAN stage exports), so re-running one stage never deletes the other stage's result."""
-  from idinvert_jax import checkpoint  # pylint: disable=import-outside-toplevel
-  if not os.path.isfile(os.path.join(export_dir, checkpoint.CONFIG_FILE)):
+  from idinvert_jax import export  # pylint: disable=import-outside-toplevel
+  if not os.path.isfile(os.path.join(export_dir, export.CONFIG_FILE)):
     return {}, {}
   try:
-    stored = checkpoint.load_models(export_dir, config=config)  # refuses a different architecture
-  except checkpoint.CheckpointError as e:
+    stored = export.load_models(export_dir, config=config)  # refuses a different architecture
+  except export.CheckpointError as e:
     logging.warning("the models in %s are not kept in the new export: %s", export_dir, e)
     return {}, {}
   names = [n for n in stored.names() if n in _KEPT_MODEL_NAMES and n not in exported]
@@ -214,7 +214,7 @@ def export_models(workdir: str, config: Any, variables: Mapping[str, Any], step:
   Models already in export/ that `variables` does not hold are kept (with a warning when they were trained
   against another generator); export/training.json records each model's origin.
   """
-  from idinvert_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from idinvert_jax import export  # pylint: disable=import-outside-toplevel
   from idinvert_jax import files  # pylint: disable=import-outside-toplevel
   final = os.path.join(workdir, "export")
   origins = dict(origins or {name: {"step": step} for name in variables})
@@ -228,7 +228,7 @@ def export_models(workdir: str, config: Any, variables: Mapping[str, Any], step:
   if jax.process_index() == 0 and os.path.exists(staging):
     shutil.rmtree(staging)
   _sync(f"export_clean_{step}")
-  checkpoint.save_models(staging, config, host_variables)
+  export.save_models(staging, config, host_variables)
   _sync(f"export_written_{step}")
   if jax.process_index() == 0:
     files.atomic_write_json(os.path.join(staging, EXPORT_ORIGINS_FILE),

@@ -1,6 +1,7 @@
-"""One model-checkpoint format for the whole project.
+"""The model bundle: ONE model-checkpoint format for the whole project (what `train.py` exports).
 
-A model checkpoint is a directory holding
+Not to be confused with `training/checkpoints.py`, the train-state checkpoints a run resumes from. A model
+checkpoint is a directory holding
 
   config.json   the full experiment ConfigDict (architecture in `config.model`)
   models/       Orbax-saved `{name: variables}` for the models it has, names among
@@ -173,7 +174,7 @@ def load_models(path: str | Path, names: Iterable[str] | None = None,
   restored = dict(ocp.StandardCheckpointer().restore((directory / MODELS_DIR).absolute()))
   if "perceptual" not in restored and config.model.perceptual.get("weights", ""):
     # VGG16 weights named by the config (a file the user provides) rather than stored in the checkpoint.
-    from idinvert_jax.models.vgg16 import load_perceptual  # pylint: disable=import-outside-toplevel
+    from idinvert_jax.convert.vgg16 import load_perceptual  # pylint: disable=import-outside-toplevel
     restored["perceptual"] = load_perceptual(config.model)[1]
   available = tuple(n for n in MODEL_NAMES if n in restored)
   wanted = available if names is None else tuple(names)

@@ -28,10 +28,6 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 
-class CheckpointError(FileNotFoundError):
-  """No usable checkpoint where one was required."""
-
-
 class TrainCheckpointer:
   """Saves and restores the train state + data-iterator state of one stage in `directory`."""
 
