@@ -44,6 +44,13 @@ def _is_fused(G: generator_lib.Generator, layer: int) -> bool:
                                                                         G.fused_scale_min_res)
 
 
+def _dense_entry(prefix: str, leaf: str, path: common.Path) -> common.Entry:
+  """An official equalised dense layer: `<prefix>.fc.weight` (transposed) and `<prefix>.wscale.bias`."""
+  if leaf == "kernel":
+    return common.Entry(f"{prefix}.fc.weight", path, common.DENSE_OI)
+  return common.Entry(f"{prefix}.wscale.bias", path)
+
+
 def _entry(G: generator_lib.Generator, path: common.Path, shape: tuple[int, ...]) -> common.Entry:
   collection, names = path[0], path[1:]
   joined = "/".join(names)
@@ -51,10 +58,7 @@ def _entry(G: generator_lib.Generator, path: common.Path, shape: tuple[int, ...]
     return common.Entry("truncation.w_avg", path)
   m = re.fullmatch(r"mapping/dense(\d+)/(kernel|bias)", joined)
   if m:
-    i, leaf = m.groups()
-    if leaf == "kernel":
-      return common.Entry(f"mapping.dense{i}.fc.weight", path, common.DENSE_OI)
-    return common.Entry(f"mapping.dense{i}.wscale.bias", path)
+    return _dense_entry(f"mapping.dense{m.group(1)}", m.group(2), path)
   if joined == "synthesis/layer0/const":
     return common.Entry("synthesis.layer0.const", path, common.MAP_NCHW)
   m = re.fullmatch(r"synthesis/layer(\d+)/kernel", joined)
@@ -70,11 +74,7 @@ def _entry(G: generator_lib.Generator, path: common.Path, shape: tuple[int, ...]
     return common.Entry(f"synthesis.layer{layer}.epilogue.{_EPILOGUE_KEYS[(collection, leaf)]}", path, layout)
   m = re.fullmatch(r"synthesis/layer(\d+)/epilogue/style/(kernel|bias)", joined)
   if m:
-    layer, leaf = m.groups()
-    prefix = f"synthesis.layer{layer}.epilogue.style_mod.dense"
-    if leaf == "kernel":
-      return common.Entry(f"{prefix}.fc.weight", path, common.DENSE_OI)
-    return common.Entry(f"{prefix}.wscale.bias", path)
+    return _dense_entry(f"synthesis.layer{m.group(1)}.epilogue.style_mod.dense", m.group(2), path)
   m = re.fullmatch(r"synthesis/output(\d+)/(kernel|bias)", joined)
   if m:
     block, leaf = m.groups()

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from idinvert_jax.models import layers
-from idinvert_jax.models.generator import FUSED_SCALE_OPTIONS, RESOLUTIONS, num_channels, use_fused_scale
+from idinvert_jax.models.generator import check_sizes, num_channels, use_fused_scale
 from idinvert_jax.models.init import fast_init_key, jit_init
 
 
@@ -95,10 +95,7 @@ class Discriminator(nn.Module):
   fused_scale_min_res: int = 128
 
   def __post_init__(self):
-    if self.resolution not in RESOLUTIONS:
-      raise ValueError(f"Discriminator resolution={self.resolution} is not supported; use one of {RESOLUTIONS}.")
-    if self.fused_scale not in FUSED_SCALE_OPTIONS:
-      raise ValueError(f"Discriminator fused_scale={self.fused_scale!r} is invalid; use 'auto', True or False.")
+    check_sizes("Discriminator", self.resolution, self.fused_scale)
     super().__post_init__()
 
   @nn.compact

@@ -41,6 +41,7 @@ from typing import Any, Optional, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from idinvert_jax.models import init as init_lib
 from idinvert_jax.models import layers as ops
@@ -61,6 +62,14 @@ def num_wp_layers(resolution: int) -> int:
   The one definition of L: the encoder's output and the inversion engine use it too.
   """
   return 2 * (int(math.log2(resolution)) - 1)
+
+
+def check_sizes(model: str, resolution: int, fused_scale: Union[str, bool]) -> None:
+  """Raises ValueError naming `model` unless the resolution and the fused_scale option are supported."""
+  if resolution not in RESOLUTIONS:
+    raise ValueError(f"{model} resolution={resolution} is not supported; use one of {RESOLUTIONS}.")
+  if fused_scale not in FUSED_SCALE_OPTIONS:
+    raise ValueError(f"{model} fused_scale={fused_scale!r} is invalid; use 'auto', True or False.")
 
 
 def use_fused_scale(fused_scale: Union[str, bool], res: int, min_res: int) -> bool:
@@ -98,30 +107,20 @@ class ConstBlock(nn.Module):
     return ops.Epilogue(INIT_RES, name="epilogue")(x, w, noise_mode)
 
 
-class UpBlock(nn.Module):
-  """First layer of a resolution: 2x up-conv (fused or not), blur, epilogue. Param `kernel` [3, 3, in, out]."""
+class SynthesisLayer(nn.Module):
+  """A 3x3 conv (no bias) + epilogue; the first layer of a resolution (`up`) is a 2x up-conv (fused or not)
+  followed by blur. Param `kernel` [3, 3, in, out]."""
   resolution: int
   channels: int
-  fused: bool
+  up: bool = False
+  fused: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, w: jax.Array, noise_mode: str) -> jax.Array:
     fan_in = x.shape[-1]
     kernel = self.param("kernel", nn.initializers.normal(1.0), (3, 3, fan_in, self.channels))
-    x = ops.blur(ops.upconv2d(x, kernel * ops.he_scale(9 * fan_in), self.fused))
-    return ops.Epilogue(self.resolution, name="epilogue")(x, w, noise_mode)
-
-
-class ConvBlock(nn.Module):
-  """Second layer of a resolution: 3x3 conv (no bias) + epilogue. Param `kernel` [3, 3, C, C]."""
-  resolution: int
-  channels: int
-
-  @nn.compact
-  def __call__(self, x: jax.Array, w: jax.Array, noise_mode: str) -> jax.Array:
-    fan_in = x.shape[-1]
-    kernel = self.param("kernel", nn.initializers.normal(1.0), (3, 3, fan_in, self.channels))
-    x = ops.conv2d(x, kernel * ops.he_scale(9 * fan_in))
+    kernel = kernel * ops.he_scale(9 * fan_in)
+    x = ops.blur(ops.upconv2d(x, kernel, self.fused)) if self.up else ops.conv2d(x, kernel)
     return ops.Epilogue(self.resolution, name="epilogue")(x, w, noise_mode)
 
 
@@ -158,8 +157,8 @@ class SynthesisNetwork(nn.Module):
         x = ConstBlock(nf(res), name="layer0")(wp[:, 0], noise_mode)
       else:
         fused = use_fused_scale(self.fused_scale, res, self.fused_scale_min_res)
-        x = UpBlock(res, nf(res), fused, name=f"layer{2 * b}")(x, wp[:, 2 * b], noise_mode)
-      x = ConvBlock(res, nf(res), name=f"layer{2 * b + 1}")(x, wp[:, 2 * b + 1], noise_mode)
+        x = SynthesisLayer(res, nf(res), up=True, fused=fused, name=f"layer{2 * b}")(x, wp[:, 2 * b], noise_mode)
+      x = SynthesisLayer(res, nf(res), name=f"layer{2 * b + 1}")(x, wp[:, 2 * b + 1], noise_mode)
       # Lower-res ToRGB layers only need to exist (official parameters); they are run at init only.
       if b == num_blocks - 1 or self.is_initializing():
         image = ToRGB(self.image_channels, name=f"output{b}")(x)
@@ -190,10 +189,7 @@ class Generator(nn.Module):
   image_channels: int = 3
 
   def __post_init__(self):
-    if self.resolution not in RESOLUTIONS:
-      raise ValueError(f"Generator resolution={self.resolution} is not supported; use one of {RESOLUTIONS}.")
-    if self.fused_scale not in FUSED_SCALE_OPTIONS:
-      raise ValueError(f"Generator fused_scale={self.fused_scale!r} is invalid; use 'auto', True or False.")
+    check_sizes("Generator", self.resolution, self.fused_scale)
     if self.noise_mode not in ops.NOISE_MODES:
       raise ValueError(f"Generator noise_mode={self.noise_mode!r} is invalid; use one of {ops.NOISE_MODES}.")
     if self.mapping_layers < 1:
@@ -318,3 +314,58 @@ def generate(G: Generator, variables: dict, z: jax.Array, psi=None, layers=None,
              noise_rng: Optional[jax.Array] = None) -> jax.Array:
   """z [N, z_dim] -> images: mapping, truncation (defaults from G), synthesis."""
   return synthesize(G, variables, truncate(G, variables, mapping(G, variables, z), psi, layers), noise_rng)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batched helpers for the jobs (editing, evaluation, inversion): constant noise, rendering, sampling codes.
+
+
+def with_const_noise(G: Generator) -> Generator:
+  """G with its fixed noise maps: inverting, editing and encoder training render one image per code (the
+  official randomize_noise=False); a 'random' generator is switched to 'const', others are returned as they are."""
+  return G.clone(noise_mode="const") if G.noise_mode == "random" else G
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _synthesize_batch(G: Generator, variables: dict, wp: jax.Array) -> jax.Array:
+  return synthesize(G, variables, wp)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _map_and_truncate(G: Generator, variables: dict, z: jax.Array, psi, layers) -> jax.Array:
+  return truncate(G, variables, mapping(G, variables, z), psi, layers)
+
+
+def render(G: Generator, variables: dict, codes, batch_size: int = 8) -> np.ndarray:
+  """W+ codes [..., L, D] (any leading axes) -> images [..., H, W, C] in [-1, 1] (numpy), `batch_size` at a time.
+
+  Every batch is padded to `batch_size` codes, so one compiled synthesis serves any number of codes; the noise is
+  the fixed maps (`with_const_noise`).
+  """
+  G = with_const_noise(G)
+  codes = np.asarray(codes, np.float32)
+  shape = codes.shape
+  flat = codes.reshape((-1,) + shape[-2:])
+  images = []
+  for lo in range(0, flat.shape[0], batch_size):
+    batch = flat[lo:lo + batch_size]
+    real = batch.shape[0]
+    if real < batch_size:
+      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - real, axis=0)])
+    images.append(np.asarray(_synthesize_batch(G, variables, batch))[:real])
+  images = np.concatenate(images, axis=0)
+  return images.reshape(shape[:-2] + images.shape[1:])
+
+
+def sample_codes(G: Generator, variables: dict, num: int, seed: int, truncation_psi: float | None = None,
+                 truncation_layers: int | None = None, batch_size: int = 8) -> np.ndarray:
+  """`num` W+ codes [num, L, D]: z ~ N(0, I) from numpy's generator seeded with `seed`, mapped and truncated
+  (G.truncation_psi / G.truncation_layers unless given; psi 1 or layers 0 leave the codes untruncated)."""
+  z = np.random.default_rng(seed).standard_normal((num, G.z_dim)).astype(np.float32)
+  codes = []
+  for lo in range(0, num, batch_size):
+    batch = z[lo:lo + batch_size]
+    real = batch.shape[0]
+    batch = np.concatenate([batch, np.zeros((batch_size - real, G.z_dim), np.float32)])
+    codes.append(np.asarray(_map_and_truncate(G, variables, batch, truncation_psi, truncation_layers))[:real])
+  return np.concatenate(codes)

@@ -244,7 +244,7 @@ upsample_correlate_4x4.defvjp(_upsample_correlate_fwd, _upsample_correlate_bwd)
 
 
 def upconv2d(x: jax.Array, kernel: jax.Array, fused: bool) -> jax.Array:
-  """2x upsampling + 3x3 conv with an already scaled HWIO kernel (the generator's `UpBlock`).
+  """2x upsampling + 3x3 conv with an already scaled HWIO kernel (the generator's up `SynthesisLayer`).
 
   fused: the official transposed convolution (`conv_transpose_stride2`), computed as `upsample_correlate_4x4`
   with the flipped fused kernel (same result, ~20 % faster G forward+backward at 256 px on CPU). Not fused:

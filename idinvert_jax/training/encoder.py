@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from idinvert_jax import export
 from idinvert_jax import losses
+from idinvert_jax.models import generator as generator_lib
 from idinvert_jax.training import loop
 from idinvert_jax.training import mesh as mesh_lib
 
@@ -64,10 +65,8 @@ class EncoderTrainer(loop.StateShapesMixin):
     self.tcfg = config.train
     self.mesh = mesh
     self.num_steps = int(self.tcfg.num_steps)
-    self.generator = export.build_module("generator", config.model)
-    if self.generator.noise_mode == "random":
-      # The official encoder training synthesises with the fixed noise maps (randomize_noise=False).
-      self.generator = self.generator.clone(noise_mode="const")
+    # The official encoder training synthesises with the fixed noise maps (randomize_noise=False).
+    self.generator = generator_lib.with_const_noise(export.build_module("generator", config.model))
     self.discriminator = export.build_module("discriminator", config.model)
     self.encoder = export.build_module("encoder", config.model)
     # The same encoder with BN averaged over the data axis, for the training forward pass under shard_map.
@@ -146,9 +145,8 @@ class EncoderTrainer(loop.StateShapesMixin):
     return perceptual_features(self.perceptual_module, frozen["perceptual"], images)
 
   def _synthesize(self, frozen, wp):
-    from idinvert_jax.models.generator import synthesize  # pylint: disable=import-outside-toplevel
     # Fixed noise maps, as the official encoder training (randomize_noise=False).
-    return synthesize(self.generator, frozen["generator"], wp)
+    return generator_lib.synthesize(self.generator, frozen["generator"], wp)
 
   def _train_step(self, state, frozen, images):
     tcfg = self.tcfg
