@@ -79,8 +79,7 @@ def bench_batch(fns, settings, batch: int, steps: int, images: np.ndarray, flops
   analysis does not multiply by the trip count); vmapped images are independent, so FLOPs scale exactly with
   the batch and later batch sizes reuse `flops_per_image` instead of compiling the step again.
   """
-  engine = inversion._engine(fns, settings, jax.devices()[:1])  # pylint: disable=protected-access
-  variables = engine.device_variables(fns)
+  engine = inversion.Inverter(fns).engine(settings, jax.devices()[:1])
   x = jax.device_put(np.resize(images, (batch,) + images.shape[1:]), engine.batch_sharding)
   m = jax.device_put(np.ones(x.shape[:3] + (1,), np.float32), engine.batch_sharding)
   t0 = time.perf_counter()
@@ -95,7 +94,8 @@ def bench_batch(fns, settings, batch: int, steps: int, images: np.ndarray, flops
   if flops_per_image is None:
     # Useful FLOPs: traced with every convolution as written (im2col products would count padding zeros).
     with layers.direct_convolutions():
-      step = jax.jit(engine._step).lower(variables, state["w"], state["opt_state"], data).compile()
+      step_fn = engine._step  # pylint: disable=protected-access
+      step = jax.jit(step_fn).lower(engine.variables, state["w"], state["opt_state"], data).compile()
     flops_per_image = _flops(step) / batch
     temp_bytes_per_image = step.memory_analysis().temp_size_in_bytes / batch
   flops = flops_per_image * batch
@@ -152,9 +152,8 @@ def precision_check(resolution_configs, num_images: int = 4, iterations: int = 2
     images = synthetic_faces.render(num_images, res, seed=0)[0].astype(np.float32) / 127.5 - 1
     out = {}
     for precision in ("float32", "bfloat16"):
-      c = inversion.get_invert_config()
-      c.num_iterations, c.precision, c.num_results = iterations, precision, 0
-      out[precision] = inversion.invert(images, models, c, progress=False, devices=jax.devices()[:1])
+      settings = inversion.InvertSettings(num_iterations=iterations, precision=precision, num_results=0)
+      out[precision] = inversion.invert(images, models, settings, progress=False, devices=jax.devices()[:1])
     f32, bf16 = out["float32"], out["bfloat16"]
     rows.append(dict(model=name, resolution=res, iterations=iterations, images=num_images,
                      max_abs_code_diff=float(np.abs(f32.codes - bf16.codes).max()),
@@ -189,9 +188,7 @@ def main():
   models = export.create_models(config, jax.random.key(0), names=("generator", "encoder", "perceptual"))
   init_s = time.perf_counter() - t0
   fns = inversion.model_fns(models)
-  invert_cfg = inversion.get_invert_config()
-  invert_cfg.precision = args.precision
-  settings = inversion._settings(invert_cfg, fns)  # pylint: disable=protected-access
+  settings = inversion.InvertSettings(precision=args.precision)
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (1, res, res, 3)).astype(np.float32)
 

@@ -85,9 +85,8 @@ def main():
   config = bench_inversion.make_config(args.quick, args.resolution)
   res = int(config.model.resolution)
   models = export.create_models(config, jax.random.key(0), names=("generator", "encoder", "perceptual"))
-  fns = inversion.model_fns(models)
-  settings = inversion._settings(inversion.get_invert_config(), fns)  # pylint: disable=protected-access
-  engine = inversion._engine(fns, settings, jax.devices()[:1])  # pylint: disable=protected-access
+  settings = inversion.InvertSettings()
+  engine = inversion.Inverter(models).engine(settings, jax.devices()[:1])
   images = np.random.default_rng(0).uniform(-1, 1, (args.batch, res, res, 3)).astype(np.float32)
   x = jax.device_put(images, engine.batch_sharding)
   m = jax.device_put(np.ones(x.shape[:3] + (1,), np.float32), engine.batch_sharding)

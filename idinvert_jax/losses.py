@@ -67,19 +67,21 @@ def encoder_loss(reals: jax.Array, recons: jax.Array, fake_logits: jax.Array, *,
 
 def in_domain_inversion_loss(targets: jax.Array, recons: jax.Array, wp: jax.Array, wp_reencoded: jax.Array | None,
                              *, target_features: jax.Array | None = None, recon_features: jax.Array | None = None,
-                             loss_weight_feat: float = 5e-5, loss_weight_enc: float = 2.0
-                             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+                             masks: jax.Array | None = None, loss_weight_pix=1.0, loss_weight_feat=5e-5,
+                             loss_weight_enc=2.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Per-image in-domain inversion objective (paper eq. 3, official utils/inverter.py): returns [N] losses.
 
-  pixel: mean over pixels of (x - G(z))^2; feat: mean over features; enc: mean over the code of (z - E(G(z)))^2.
-  Per-image (not batch-mean) so that a batch of independent inversions does not couple their step sizes.
+  pixel: mean over pixels of ((x - G(w)) * m)^2; feat: mean over features of (F(x * m) - F(G(w) * m))^2 (the
+  caller computes both features); enc: mean over the code of (w - E(G(w)))^2. A term whose inputs are None is 0.
+  masks: [N, H, W, 1] or None (all ones). The weights are scalars or per-image [N] arrays (the inversion engine
+  passes runtime arrays). Per-image (not batch-mean) so that a batch of independent inversions does not couple
+  their step sizes. The inversion engine's loss is this function.
   """
-  def per_image_mse(a, b):
-    return jnp.mean(jnp.square(a - b), axis=tuple(range(1, a.ndim)))
-
-  pixel = per_image_mse(recons, targets)
-  feat = (per_image_mse(recon_features, target_features)
-          if target_features is not None and recon_features is not None else jnp.zeros_like(pixel))
-  enc = per_image_mse(wp_reencoded, wp) if wp_reencoded is not None else jnp.zeros_like(pixel)
-  total = pixel + loss_weight_feat * feat + loss_weight_enc * enc
+  pixel = jnp.mean(jnp.square((targets - recons) * (1.0 if masks is None else masks)), axis=(1, 2, 3))
+  zero = jnp.zeros(wp.shape[:1], jnp.float32)
+  feat = zero
+  if target_features is not None and recon_features is not None:
+    feat = jnp.mean(jnp.square(target_features - recon_features).reshape(wp.shape[0], -1), axis=1)
+  enc = zero if wp_reencoded is None else jnp.mean(jnp.square(wp - wp_reencoded), axis=(1, 2))
+  total = loss_weight_pix * pixel + loss_weight_feat * feat + loss_weight_enc * enc
   return total, {"loss": total, "pixel": pixel, "feat": feat, "enc": enc}

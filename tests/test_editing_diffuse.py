@@ -1,46 +1,16 @@
 """Semantic diffusion: crop geometry, stitching, and a masked objective that ignores pixels outside the crop."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from idinvert_jax import inversion
 import idinvert_jax.editing.diffuse as diffuse_lib
 
-RES, LAYERS, WDIM = 8, 4, 8
-
-
-class _TinyG(nn.Module):
-  @nn.compact
-  def __call__(self, wp):
-    h = nn.Dense(4 * 4 * 8)(wp.reshape(wp.shape[0], -1))
-    h = jax.image.resize(nn.leaky_relu(h.reshape(-1, 4, 4, 8), 0.2), (wp.shape[0], RES, RES, 8), "nearest")
-    return jnp.tanh(nn.Conv(3, (3, 3))(h))
-
-
-class _TinyE(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    h = nn.leaky_relu(nn.Conv(8, (3, 3), strides=2)(x), 0.2)
-    return nn.Dense(LAYERS * WDIM)(h.reshape(h.shape[0], -1)).reshape(-1, LAYERS, WDIM)
-
-
-class _TinyF(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    return nn.relu(nn.Conv(4, (3, 3))(x))
+from conftest import LAYERS, RES, WDIM, stand_in_fns  # pylint: disable=wrong-import-order
 
 
 def _fns(with_encoder=True):
-  G, E, F = _TinyG(), _TinyE(), _TinyF()
-  k = jax.random.split(jax.random.key(0), 3)
-  variables = {"generator": G.init(k[0], jnp.zeros((1, LAYERS, WDIM))),
-               "encoder": E.init(k[1], jnp.zeros((1, RES, RES, 3))),
-               "perceptual": F.init(k[2], jnp.zeros((1, RES, RES, 3)))}
-  return inversion.ModelFns(synthesize=G.apply, encode=E.apply if with_encoder else None, features=F.apply,
-                            variables=variables, num_layers=LAYERS, w_dim=WDIM, resolution=RES,
-                            w_avg=np.linspace(-0.5, 0.5, WDIM).astype(np.float32))
+  return stand_in_fns(with_encoder=with_encoder)
 
 
 def _section(**overrides):
@@ -135,10 +105,10 @@ def test_diffuse_runs_batched_over_contexts():
     diffuse_lib.diffuse(target, contexts, fns, _section(loss_weight_enc=2.0), 4, 4, 4)
 
 
-def test_diffusion_invert_config_turns_off_the_encoder_term():
+def test_diffusion_settings_turn_off_the_encoder_term():
   import ml_collections
   config = ml_collections.ConfigDict({"model": {"resolution": 8}, "invert": _section(loss_weight_enc=2.0,
                                                                                     num_iterations=50)})
-  section = diffuse_lib.diffusion_invert_config(config, learning_rate=0.1)
+  section = diffuse_lib.diffusion_settings(config, learning_rate=0.1)
   assert section.loss_weight_enc == 0.0 and section.method == "indomain" and section.init == "encoder"
   assert section.num_iterations == 50 and section.learning_rate == 0.1

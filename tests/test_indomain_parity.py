@@ -98,7 +98,7 @@ def config(io):
   return c
 
 
-DEVICES = jax.devices()[:1]  # One device: every call below then shares one compiled engine.
+DEVICES = jax.devices()[:1]  # One device.
 
 
 def test_fixture_is_consistent(io):
@@ -126,9 +126,8 @@ def test_loss_terms_and_gradient_match_pytorch(io, models, config):
 
 def test_engine_adam_steps_match_torch_adam(io, models, config):
   """The engine's compiled step (vmapped optax Adam) from the fixture's w vs torch.optim.Adam, 1 and 5 steps."""
-  fns = inversion._cached_model_fns(models)  # pylint: disable=protected-access
-  settings = inversion._settings(inversion._invert_section(config), fns)  # pylint: disable=protected-access
-  engine = inversion._engine(fns, settings, DEVICES)  # pylint: disable=protected-access
+  settings = inversion.InvertSettings.from_config(config)
+  engine = inversion.Inverter(models).engine(settings, DEVICES)
   x = jax.device_put(io["x"], engine.batch_sharding)
   masks = jax.device_put(np.ones(io["x"].shape[:3] + (1,), np.float32), engine.batch_sharding)
   batch = engine.batch(settings, x, engine.prepare(x, masks)["feats"], masks)

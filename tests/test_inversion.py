@@ -4,49 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import linen as nn
 
 from idinvert_jax import inversion
 
-RES, LAYERS, WDIM = 8, 4, 8
-
-
-class _TinyG(nn.Module):
-  """Stand-in generator: W+ [N,L,D] -> image [N,8,8,3] (uses every layer's code, nonlinear)."""
-
-  @nn.compact
-  def __call__(self, wp):
-    h = nn.Dense(4 * 4 * 8)(wp.reshape(wp.shape[0], -1))
-    h = nn.leaky_relu(h.reshape(-1, 4, 4, 8), 0.2)
-    h = jax.image.resize(h, (h.shape[0], RES, RES, 8), "nearest")
-    h = nn.leaky_relu(nn.Conv(8, (3, 3))(h), 0.2)
-    return jnp.tanh(nn.Conv(3, (1, 1))(h))
-
-
-class _TinyE(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    h = nn.leaky_relu(nn.Conv(8, (3, 3), strides=2)(x), 0.2)
-    return nn.Dense(LAYERS * WDIM)(h.reshape(h.shape[0], -1)).reshape(-1, LAYERS, WDIM)
-
-
-class _TinyF(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    return nn.relu(nn.Conv(6, (3, 3))(nn.relu(nn.Conv(4, (3, 3))(x))))
-
-
-def _stand_in_fns(with_encoder=True, with_features=True):
-  """Models given as a ModelFns of tiny flax modules (the engine's custom-model entry point)."""
-  G, E, F = _TinyG(), _TinyE(), _TinyF()
-  k = jax.random.split(jax.random.key(0), 3)
-  variables = {"generator": G.init(k[0], jnp.zeros((1, LAYERS, WDIM))),
-               "encoder": E.init(k[1], jnp.zeros((1, RES, RES, 3))),
-               "perceptual": F.init(k[2], jnp.zeros((1, RES, RES, 3)))}
-  return inversion.ModelFns(
-      synthesize=G.apply, encode=E.apply if with_encoder else None,
-      features=F.apply if with_features else None, variables=variables,
-      num_layers=LAYERS, w_dim=WDIM, resolution=RES, w_avg=np.linspace(-0.5, 0.5, WDIM).astype(np.float32))
+from conftest import LAYERS, RES, WDIM, stand_in_fns as _stand_in_fns  # pylint: disable=wrong-import-order
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +80,11 @@ def test_a_sweep_over_loss_weights_and_learning_rate_reuses_one_compiled_engine(
   """Learning rate and loss weights are runtime inputs: evaluate's lambda_enc sweep compiles once, and every value
   still gives exactly its own optimisation (checked against a plain optax loop with that value)."""
   x = _targets(1)
-  inversion._ENGINES.clear()  # pylint: disable=protected-access
+  inverter = inversion.Inverter(fns)
   opt_grad = lambda c: jax.jit(jax.grad(lambda w, xi: _plain_loss(fns, w, xi, jnp.ones(xi.shape[:3] + (1,)), c)))
   for enc, lr in ((0.5, 0.01), (2.0, 0.01), (5.0, 0.03)):
     c = _config(num_iterations=3, chunk_size=3, loss_weight_enc=enc, learning_rate=lr)
-    result = inversion.invert(x, fns, c, progress=False, devices=jax.devices()[:1])
+    result = inversion.invert(x, inverter, c, progress=False, devices=jax.devices()[:1])
     grad, opt = opt_grad(c), optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
     w = fns.encode(fns.variables["encoder"], x)
     state = opt.init(w)
@@ -131,10 +92,11 @@ def test_a_sweep_over_loss_weights_and_learning_rate_reuses_one_compiled_engine(
       updates, state = opt.update(grad(w, x), state, w)
       w = optax.apply_updates(w, updates)
     np.testing.assert_allclose(result.codes, w, atol=1e-5)
-  assert len(inversion._ENGINES) == 1  # pylint: disable=protected-access
+  assert len(inverter.engines) == 1
   # Switching a term off changes the program (no encoder pass at all): a second engine.
-  inversion.invert(x, fns, _config(num_iterations=1, loss_weight_enc=0.0), progress=False, devices=jax.devices()[:1])
-  assert len(inversion._ENGINES) == 2  # pylint: disable=protected-access
+  inversion.invert(x, inverter, _config(num_iterations=1, loss_weight_enc=0.0), progress=False,
+                   devices=jax.devices()[:1])
+  assert len(inverter.engines) == 2
 
 
 def test_a_code_does_not_depend_on_the_other_images_in_its_batch(fns):

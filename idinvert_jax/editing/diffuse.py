@@ -47,29 +47,18 @@ def stitch(target: jnp.ndarray, contexts: jnp.ndarray, mask: jnp.ndarray) -> jnp
   return target[None] * mask[None] + contexts * (1.0 - mask[None])
 
 
-def diffusion_invert_config(config: ml_collections.ConfigDict, num_iterations: int | None = None,
-                            learning_rate: float | None = None, loss_weight_feat: float | None = None,
-                            batch_size: int | None = None, num_results: int | None = None
-                            ) -> ml_collections.ConfigDict:
-  """The invert section for diffusion: the experiment's (or default) in-domain settings with the encoder
-  term switched off (official diffuse.py: regularization_loss_weight=0) and the given overrides."""
+def diffusion_settings(config: ml_collections.ConfigDict | None, num_iterations: int | None = None,
+                       learning_rate: float | None = None, loss_weight_feat: float | None = None,
+                       batch_size: int | None = None, num_results: int | None = None):
+  """The `InvertSettings` of a diffusion: the experiment's in-domain settings (config.invert, else the official
+  ones) from E(stitched image) with the encoder term off (official diffuse.py: regularization_loss_weight=0),
+  and the given (non-None) values on top."""
   from idinvert_jax import inversion
 
-  section = inversion.get_invert_config("indomain")
-  own = config.get("invert") if "invert" in config else None
-  if own is not None:
-    for key, value in own.items():
-      if key in section:
-        section[key] = value
-  section.method = "indomain"
-  section.init = "encoder"
-  section.loss_weight_enc = 0.0
-  for key, value in (("num_iterations", num_iterations), ("learning_rate", learning_rate),
-                     ("loss_weight_feat", loss_weight_feat), ("batch_size", batch_size),
-                     ("num_results", num_results)):
-    if value is not None:
-      section[key] = value
-  return section
+  return inversion.InvertSettings.from_config(
+      config, method="indomain", init="encoder", loss_weight_enc=0.0, num_iterations=num_iterations,
+      learning_rate=learning_rate, loss_weight_feat=loss_weight_feat, batch_size=batch_size,
+      num_results=num_results)
 
 
 @dataclasses.dataclass
@@ -92,29 +81,30 @@ class DiffusionResult:
   losses: dict
 
 
-def diffuse(target: np.ndarray, contexts: np.ndarray, models, config: ml_collections.ConfigDict,
-            crop_size: int, center_x: int, center_y: int, progress: bool = False) -> DiffusionResult:
+def diffuse(target: np.ndarray, contexts: np.ndarray, models, settings, crop_size: int, center_x: int,
+            center_y: int, progress: bool = False) -> DiffusionResult:
   """Diffuses the crop of `target` [H, W, 3] into every context [N, H, W, 3] (images in [-1, 1]).
 
   Args:
-    models: `export.Models` with generator, encoder and (optionally) perceptual model, or an
-      `inversion.ModelFns`.
-    config: an invert section (see `diffusion_invert_config`; its loss_weight_enc must be 0) or an experiment
-      config, from which `diffusion_invert_config` takes the settings.
+    models: an `inversion.Inverter` (reused across calls), an `export.Models` bundle with generator, encoder and
+      (optionally) perceptual model, or an `inversion.ModelFns`.
+    settings: `InvertSettings` from `diffusion_settings` (its loss_weight_enc must be 0), an invert section, or
+      an experiment config, from which `diffusion_settings` takes them.
     crop_size, center_x, center_y: the square (see `crop_mask`, `default_crop`).
 
   Returns:
-    DiffusionResult; the contexts are optimised together in batches of config batch_size.
+    DiffusionResult; the contexts are optimised together in batches of the settings' batch_size.
   """
   from idinvert_jax import inversion
 
-  section = config if "model" not in config else diffusion_invert_config(config)
-  if float(section.get("loss_weight_enc", 0.0)) != 0.0:
-    raise ValueError(f"diffuse: loss_weight_enc={section.loss_weight_enc}; diffusion optimises only the masked "
-                     "pixel and perceptual terms - build the section with diffusion_invert_config().")
-  has_encoder = (models.encode is not None if isinstance(models, inversion.ModelFns)
-                 else models.encoder_vars is not None)
-  if not has_encoder:
+  if isinstance(settings, ml_collections.ConfigDict) and "model" in settings:
+    settings = diffusion_settings(settings)
+  settings = inversion.as_settings(settings)
+  if settings.loss_weight_enc != 0.0:
+    raise ValueError(f"diffuse: loss_weight_enc={settings.loss_weight_enc}; diffusion optimises only the masked "
+                     "pixel and perceptual terms - build the settings with diffusion_settings().")
+  inverter = inversion.as_inverter(models)
+  if inverter.fns.encode is None:
     raise ValueError("diffuse: the checkpoint has no encoder; diffusion starts from E(stitched image) - use a "
                      "checkpoint with an encoder.")
   target = np.asarray(target, np.float32)
@@ -125,7 +115,7 @@ def diffuse(target: np.ndarray, contexts: np.ndarray, models, config: ml_collect
   mask = crop_mask(target.shape[0], crop_size, center_x, center_y)
   stitched = np.asarray(stitch(jnp.asarray(target), jnp.asarray(contexts), jnp.asarray(mask)))
   masks = np.broadcast_to(mask[None], stitched.shape[:3] + (1,)).copy()
-  result = inversion.invert(stitched, models, section, mask=masks, progress=progress)
+  result = inversion.invert(stitched, inverter, settings, mask=masks, progress=progress)
   return DiffusionResult(stitched=stitched, mask=mask, encoder_codes=result.encoder_codes,
                          encoder_outputs=result.encoder_reconstructions, codes=result.codes,
                          results=result.reconstructions, snapshots=result.snapshots, losses=result.losses)
