@@ -8,12 +8,12 @@
 The official flag names (--method, --num_iterations, --learning_rate, --loss_weight_feat, --loss_weight_enc,
 --batch_size, --num_results, --precision) override config.invert; unset, the checkpoint's (or --config's)
 values apply, else the official defaults (100 Adam steps, lr 0.01, feat 5e-5, enc 2.0). Reruns on the same
---output skip images already done; --overwrite redoes them. See idinvert_jax/invert_cli.py for the layout.
+--output skip images already done; --overwrite redoes them. See idinvert_jax/inversion_folder.py for the layout.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from idinvert_jax import invert_cli
+from idinvert_jax import invert_job
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Optional experiment config file (must match the checkpoint's "
@@ -37,9 +37,9 @@ flags.DEFINE_boolean("overwrite", False, "Redo images that an earlier run on --o
 def main(argv):
   # Space-separated paths after --images arrive as extra arguments.
   images = list(FLAGS.images) + list(argv[1:])
-  overrides = {name: FLAGS[name].value for name in invert_cli.OFFICIAL_FLAGS}
+  overrides = {name: FLAGS[name].value for name in invert_job.OFFICIAL_FLAGS}
   try:
-    summary = invert_cli.run_inversion(FLAGS.checkpoint, images, FLAGS.output, config=FLAGS.config,
+    summary = invert_job.run_inversion(FLAGS.checkpoint, images, FLAGS.output, config=FLAGS.config,
                                        overrides=overrides, overwrite=FLAGS.overwrite)
   except (ValueError, FileNotFoundError) as e:  # User-fixable: one line, no traceback.
     raise SystemExit(f"invert.py: error: {e}") from e

@@ -3,13 +3,14 @@ r"""The demo (`make demo`): invert the shipped example faces and edit them, one 
   python -m idinvert_jax.demo --output demo_out [--checkpoint DIR] [--images PATH ...] [--num_iterations 100]
                               [--skip_diffusion] [--seed 0]
 
-Stages (each timed, each writing its own folder under --output with PNG grids, codes and an index.html):
+Stages (each timed, each writing its own folder under --output with PNG grids, codes and an index.html; the
+stages call the library jobs behind invert.py and edit.py: invert_job.run_inversion and editing/jobs.py):
 
   model         the shipped checkpoint (assets/demo_checkpoint: a 64 px model trained on synthetic faces, with
                 boundaries/*.npz), or, when none is shipped, a randomly initialised tiny model (configs/tiny.py)
                 saved to OUTPUT/random_tiny_checkpoint - said loudly on the console and in the report
   boundaries    the checkpoint's boundaries/*.npz; without any, two placeholder boundaries are trained on the
-                spot (`edit.py train-boundary`) from generator samples scored by fixed random pixel directions
+                spot (the train-boundary job) from generator samples scored by fixed random pixel directions
   inversion     in-domain inversion of every example image (`invert.py`'s job: OUTPUT/inversion)
   interpolation two pairs of inverted faces (OUTPUT/interpolation_<a>_<b>)
   manipulation  every face moved along two boundaries (OUTPUT/manipulation_<attribute>)
@@ -29,7 +30,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -90,6 +91,7 @@ class DemoModel:
   trained: bool          # False: the random tiny stand-in
   description: str       # one line for the console and the report
   resolution: int
+  models: Any = None     # export.Models read back from `checkpoint` (every model it has)
 
 
 @dataclasses.dataclass
@@ -134,31 +136,37 @@ def _tiny_config():
 
 
 def prepare_model(checkpoint: str | Path | None, output: Path, seed: int) -> DemoModel:
-  """The checkpoint to use: the given one, the shipped one, or (none shipped) a random tiny one saved to disk.
+  """The checkpoint to use: the given one, the shipped one, or (none shipped) a random tiny one saved to disk;
+  its models are read back from disk for every stage.
 
   An explicitly given --checkpoint must exist; only the default location falls back to the random model.
   """
   from idinvert_jax import export
   if checkpoint is not None:
     directory = export.find_checkpoint_dir(checkpoint)  # Raises a one-line CheckpointError naming the path.
-    config = export.load_config(directory)
-    return DemoModel(directory, True, f"checkpoint {directory} ({config.model.resolution} px)",
-                     int(config.model.resolution))
+    return _load_model(directory, f"checkpoint {directory}")
   try:
     directory = export.find_checkpoint_dir(DEFAULT_CHECKPOINT)
   except export.CheckpointError:
     directory = None
   if directory is not None:
-    config = export.load_config(directory)
-    return DemoModel(directory, True, f"shipped demo checkpoint {directory} ({config.model.resolution} px)",
-                     int(config.model.resolution))
+    return _load_model(directory, f"shipped demo checkpoint {directory}")
   _loud(f"{NO_CHECKPOINT_BANNER} (nothing at {DEFAULT_CHECKPOINT})")
   import jax
   config = _tiny_config()
   models = export.create_models(config, jax.random.key(seed), names=("generator", "encoder"))
   directory = export.save_models(output / RANDOM_CHECKPOINT_DIR, config, models.variables())
-  return DemoModel(directory, False, f"random tiny model (configs/tiny.py, {config.model.resolution} px, seed "
-                                     f"{seed}), saved to {directory}", int(config.model.resolution))
+  return _load_model(directory, f"random tiny model (configs/tiny.py, {config.model.resolution} px, seed "
+                                f"{seed}), saved to {directory}", trained=False)
+
+
+def _load_model(directory: Path, description: str, trained: bool = True) -> DemoModel:
+  from idinvert_jax import export
+  models = export.load_models(directory)
+  resolution = int(models.config.model.resolution)
+  if trained:
+    description = f"{description} ({resolution} px)"
+  return DemoModel(directory, trained, description, resolution, models)
 
 
 def default_num_iterations(resolution: int) -> int:
@@ -170,65 +178,44 @@ def default_num_iterations(resolution: int) -> int:
   return OFFICIAL_NUM_ITERATIONS
 
 
-def _edit(argv: Sequence[str]) -> Path:
-  """Runs one `edit.py` subcommand in-process (same flags, same outputs as the command line)."""
-  from idinvert_jax.editing import cli
-  args = cli.build_parser().parse_args([str(a) for a in argv])
-  return args.func(args)
-
-
 def find_boundaries(checkpoint: Path) -> list[Path]:
   """The checkpoint's boundaries/*.npz (project format) and *.npy (official), sorted by name."""
   folder = checkpoint / "boundaries"
   return sorted(p for p in folder.glob("*") if p.suffix in (".npz", ".npy")) if folder.is_dir() else []
 
 
-def placeholder_boundaries(checkpoint: Path, output: Path, seed: int, num_samples: int | None = None
+def placeholder_boundaries(model: DemoModel, output: Path, seed: int, num_samples: int | None = None
                            ) -> list[Path]:
-  """Trains the two placeholder boundaries with `edit.py train-boundary` (random pixel directions as scores)."""
+  """Trains the two placeholder boundaries (the train-boundary job) on generator samples scored by random pixel
+  directions; each lands in OUTPUT/boundaries/<name>/ as `edit.py train-boundary` would write it."""
+  from idinvert_jax.editing import cli, jobs
   num_samples = PLACEHOLDER_SAMPLES if num_samples is None else num_samples
   paths = []
   for name in PLACEHOLDER_ATTRIBUTES:
     folder = output / "boundaries" / name
-    _edit(["train-boundary", "--checkpoint", checkpoint, "--output", folder, "--num_samples", num_samples,
-           "--classifier", f"idinvert_jax.demo:{name}", "--attribute", name, "--ratio", 0.25,
-           "--batch_size", 8, "--seed", seed])  # Batch 8: the synthesis every edit compiles.
-    paths.append(folder / f"{name}.npz")
+    # Batch 8: the synthesis every edit compiles.
+    result = jobs.train_boundary(None, None, name, models=model.models, classifier=globals()[name],
+                                 num_samples=num_samples, ratio=0.25, seed=seed, batch_size=8)
+    paths.append(result.write(folder, cli.command_line(
+        "train-boundary", checkpoint=model.checkpoint, output=folder, num_samples=num_samples,
+        classifier=f"idinvert_jax.demo:{name}", attribute=name, ratio=0.25, batch_size=8, seed=seed)))
   return paths
-
-
-def _grids(folder: Path, stem: str) -> list[Path]:
-  found = sorted(folder.glob(f"{stem}*.png"))
-  if not found:
-    raise RuntimeError(f"demo: {folder} holds no {stem}*.png; the editing command wrote no grid.")
-  return found
 
 
 def _relative(path: Path, root: Path) -> str:
   return path.relative_to(root).as_posix()
 
 
-def output_names(paths: Sequence[str | Path]) -> list[str]:
-  """The names invert.py gives its outputs (file stems made unique), in input order."""
-  from idinvert_jax.editing import cli
-  return cli.unique_names([Path(p) for p in paths])
-
-
-def inversion_grid(inversion_dir: Path, destination: Path) -> Path:
+def inversion_grid(inversion_dir: Path, names: Sequence[str], destination: Path) -> Path:
   """One grid (rows: images; columns: original, encoder, inverted) from invert.py's PNGs."""
-  names = output_names([line for line in (inversion_dir / "image_list.txt").read_text().splitlines() if line])
-  columns = [("ori", "Original"), ("enc", "E(x)"), ("inv", "Inverted")]
-  columns = [(s, label) for s, label in columns if (inversion_dir / f"{names[0]}_{s}.png").is_file()]
-  rows = [[_read_png(inversion_dir / f"{name}_{suffix}.png") for suffix, _ in columns] for name in names]
-  scale = max(1, -(-OVERVIEW_MIN_SIZE // rows[0][0].shape[0]))  # Small models: enlarge so labels fit.
-  rows = [[cell.repeat(scale, axis=0).repeat(scale, axis=1) for cell in row] for row in rows]
-  return report.save_grid(destination, rows, row_labels=names, col_labels=[label for _, label in columns])
-
-
-def _read_png(path: Path) -> np.ndarray:
-  from PIL import Image
-  with Image.open(path) as image:
-    return np.asarray(image.convert("RGB"))
+  from idinvert_jax import inversion_folder
+  columns = [(kind, label, inversion_folder.read_pngs(inversion_dir, names, kind))
+             for kind, label in [("ori", "Original"), ("enc", "E(x)"), ("inv", "Inverted")]]
+  columns = [(label, images) for _, label, images in columns if images is not None]
+  scale = max(1, -(-OVERVIEW_MIN_SIZE // columns[0][1].shape[1]))  # Small models: enlarge so labels fit.
+  rows = [[images[i].repeat(scale, axis=0).repeat(scale, axis=1) for _, images in columns]
+          for i in range(len(names))]
+  return report.save_grid(destination, rows, row_labels=list(names), col_labels=[label for label, _ in columns])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -250,8 +237,9 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
     seed: seed of the random tiny model and of the placeholder boundaries.
     progress: tqdm bars during the optimisations.
   """
-  from idinvert_jax import invert_cli
+  from idinvert_jax import data, inversion_folder, invert_job
   from idinvert_jax.editing import boundaries as boundaries_lib
+  from idinvert_jax.editing import cli, diffuse as diffuse_lib, jobs
 
   if num_iterations is not None and num_iterations < 1:
     raise DemoError(f"--num_iterations={num_iterations}; pass 1 or more (100 is the official setting).")
@@ -274,13 +262,13 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
     if model.trained:
       _loud(f"{model.checkpoint} has no boundaries/*.npz: training placeholder boundaries from random "
             "directions (make real ones with `python tools/make_demo_assets.py boundaries`)")
-    boundary_paths = stages.run("boundaries (placeholder, random directions)", placeholder_boundaries,
-                                model.checkpoint, output, seed)
+    boundary_paths = stages.run("boundaries (placeholder, random directions)", placeholder_boundaries, model,
+                                output, seed)
   else:
     stages.run("boundaries", lambda: [boundaries_lib.load_boundary(p) for p in boundary_paths])
 
   inversion_dir = output / "inversion"
-  summary = stages.run("inversion", invert_cli.run_inversion, model.checkpoint, images, inversion_dir,
+  summary = stages.run("inversion", invert_job.run_inversion, model.checkpoint, images, inversion_dir,
                        overrides=dict(method="indomain", num_iterations=num_iterations), overwrite=True,
                        progress=progress)
   if summary.failed:
@@ -289,20 +277,22 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
   if num_images < 2:
     raise DemoError(f"demo: only {num_images} readable image(s) in {images}; the edits need at least 2 - pass "
                     "more with --images.")
-  source_paths = [line for line in (inversion_dir / "image_list.txt").read_text().splitlines() if line]
+  num_layers, w_dim, resolution = jobs.generator_shape(model.models)
+  inverted = inversion_folder.read(inversion_dir, num_layers, w_dim, resolution)
+  names = inverted.names
 
   sections = [_model_section(model)]
-  grid = inversion_grid(inversion_dir, output / "inversion_overview.png")
+  grid = inversion_grid(inversion_dir, names, output / "inversion_overview.png")
   sections.append(_inversion_section(output, grid, summary, num_iterations))
-
-  names = output_names(source_paths)
 
   def interpolate():
     made = []
     for a, b in [(a, b) for a, b in INTERPOLATION_PAIRS if b < num_images]:
-      folder = _edit(["interpolate", "--checkpoint", model.checkpoint, "--src_dir", inversion_dir, "--src", a,
-                      "--dst", b, "--steps", 5, "--output", output / f"interpolation_{a}_{b}"])
-      made += [(p, f"{names[a]} -> {names[b]}") for p in _grids(folder, "interpolation")]
+      folder = output / f"interpolation_{a}_{b}"
+      result = jobs.interpolate(model.models, inverted, None, steps=5, source_ids=[a], target_ids=[b])
+      grids = result.write(folder, cli.command_line("interpolate", checkpoint=model.checkpoint,
+                                                    src_dir=inversion_dir, src=a, dst=b, steps=5, output=folder))
+      made += [(p, f"{names[a]} -> {names[b]}") for p in grids]
     return made
   interpolation_grids = stages.run("interpolation", interpolate)
   sections.append(report.Section(
@@ -314,18 +304,19 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
   def manipulate():
     made = []
     for path in boundary_paths:
-      folder = _edit(["manipulate", "--checkpoint", model.checkpoint, "--codes_dir", inversion_dir,
-                      "--boundary", path, "--start", -3, "--end", 3, "--steps", 7,
-                      "--output", output / f"manipulation_{path.stem}"])
-      made.append((path, _grids(folder, "manipulation")))
+      folder = output / f"manipulation_{path.stem}"
+      result = jobs.manipulate(model.models, inverted, path, start=-3.0, end=3.0, steps=7)
+      made.append((path, result.write(folder, cli.command_line(
+          "manipulate", checkpoint=model.checkpoint, codes_dir=inversion_dir, boundary=path, start=-3.0, end=3.0,
+          steps=7, output=folder))))
     return made
   manipulation_grids = stages.run("manipulation", manipulate)
   sections.append(_manipulation_section(output, manipulation_grids, placeholder))
 
   def style_mix():
-    folder = _edit(["style-mix", "--checkpoint", model.checkpoint, "--style_dir", inversion_dir,
-                    "--content_dir", inversion_dir, "--output", output / "style_mixing"])
-    return _grids(folder, "style_mixing")
+    folder = output / "style_mixing"
+    return jobs.style_mix(model.models, inverted, inverted).write(folder, cli.command_line(
+        "style-mix", checkpoint=model.checkpoint, style_dir=inversion_dir, content_dir=inversion_dir, output=folder))
   style_grids = stages.run("style mixing", style_mix)
   sections.append(report.Section(
       "Style mixing", text="Top row: the content faces; left column: the style faces (both shown as the "
@@ -338,14 +329,20 @@ def run_demo(output: str | Path, checkpoint: str | Path | None = None, images: S
     sections.append(report.Section("Semantic diffusion", text="Skipped (--skip_diffusion)."))
   else:
     def diffuse():
-      from idinvert_jax import export
-      contexts = source_paths[1:1 + DIFFUSION_CONTEXTS]
-      has_vgg = "perceptual" in export.load_models(model.checkpoint).names()
-      argv = ["diffuse", "--checkpoint", model.checkpoint, "--targets", source_paths[0], "--contexts", *contexts,
-              "--num_iterations", num_iterations, "--num_results", 3, "--output", output / "diffusion"]
-      argv += ([] if has_vgg else ["--no_perceptual"]) + (["--progress"] if progress else [])
-      folder = _edit(argv)
-      return _grids(folder, "diffusion"), has_vgg
+      folder = output / "diffusion"
+      targets, contexts = inverted.sources[:1], inverted.sources[1:1 + DIFFUSION_CONTEXTS]
+      has_vgg = "perceptual" in model.models.names()
+      settings = diffuse_lib.diffusion_settings(model.models.config, num_iterations=num_iterations, num_results=3,
+                                                loss_weight_feat=None if has_vgg else 0.0)
+      result = jobs.diffuse(model.models, np.stack([data.load_image(p, resolution) for p in targets]),
+                            np.stack([data.load_image(p, resolution) for p in contexts]), settings,
+                            target_names=[Path(p).stem for p in targets],
+                            context_names=[Path(p).stem for p in contexts], target_sources=targets,
+                            context_sources=contexts, progress=progress)
+      grids = result.write(folder, cli.command_line(
+          "diffuse", checkpoint=model.checkpoint, targets=targets, contexts=contexts, num_iterations=num_iterations,
+          num_results=3, output=folder, no_perceptual=not has_vgg, progress=progress))
+      return grids, has_vgg
     diffusion_grids, has_vgg = stages.run("diffusion", diffuse)
     sections.append(report.Section(
         "Semantic diffusion", text="The centre crop of the first face is pasted into other faces (copy-paste "

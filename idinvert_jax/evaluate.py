@@ -24,13 +24,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -125,17 +122,10 @@ def load_eval_images(specs: Sequence[str], resolution: int, synthetic_seed: int 
 
 
 def _synthesize_fn(models):
+  """codes [N, L, D] -> images with the generator's fixed noise maps, up to 16 codes per compiled call."""
   from idinvert_jax.models import generator as generator_lib
-  G = models.generator
-  if getattr(G, "noise_mode", "const") == "random":
-    G = G.clone(noise_mode="const")
-  fn = jax.jit(lambda variables, wp: generator_lib.synthesize(G, variables, wp))
-
-  def synthesize(wp: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    wp = np.asarray(wp, np.float32)
-    return np.concatenate([np.asarray(fn(models.generator_vars, wp[i:i + batch_size]))
-                           for i in range(0, wp.shape[0], batch_size)])
-  return synthesize
+  return lambda codes: generator_lib.render(models.generator, models.generator_vars, codes,
+                                            batch_size=min(16, len(codes)))
 
 
 def interpolation_midpoints(codes: np.ndarray) -> np.ndarray:
@@ -164,10 +154,10 @@ def _train_predictor(resolution: int, attribute_names, quick: bool, seed: int):
 
 
 def _sample_codes(models, num: int, seed: int) -> np.ndarray:
+  """`num` untruncated generator codes (the sampler of edit.py train-boundary, with psi 1)."""
   from idinvert_jax.models import generator as generator_lib
-  G = models.generator
-  z = jax.random.normal(jax.random.PRNGKey(seed), (num, G.z_dim), jnp.float32)
-  return np.asarray(jax.jit(lambda v, z: generator_lib.mapping(G, v, z))(models.generator_vars, z))
+  return generator_lib.sample_codes(models.generator, models.generator_vars, num, seed, truncation_psi=1.0,
+                                    truncation_layers=0, batch_size=256)
 
 
 def prepare_editing(models, boundary_path: str | None, train_attribute: str | None, attribute: str | None,
@@ -233,13 +223,16 @@ def _mean(values) -> float:
   return float(np.mean(np.asarray(values, np.float64)))
 
 
-def evaluate_run(spec: RunSpec, images: np.ndarray, models, invert_config, synthesize,
-                 edit: EditSetup | None, edit_reason: str, seed: int, progress: bool) -> tuple[dict, Any]:
-  """Inverts the images with one run's settings and measures everything; (table row, InversionResult)."""
-  from idinvert_jax import inversion, invert_cli
+def evaluate_run(spec: RunSpec, images: np.ndarray, models, inverter, synthesize, edit: EditSetup | None,
+                 edit_reason: str, seed: int, progress: bool) -> tuple[dict, Any]:
+  """Inverts the images with one run's settings and measures everything; (table row, InversionResult).
+
+  inverter: an `inversion.Inverter` of `models`, shared by the runs (one compilation for the lambda sweep).
+  """
+  from idinvert_jax import inversion
   from idinvert_jax.metrics import reconstruction, swd
-  settings = invert_cli.invert_settings(invert_config, spec.overrides())
-  result = inversion.invert(images, models, settings, progress=progress)
+  settings = inversion.InvertSettings.from_config(models.config, **spec.overrides())
+  result = inversion.invert(images, inverter, settings, progress=progress)
   recs = result.reconstructions
   row: dict[str, Any] = {"run": spec.name, "method": spec.method, "steps": spec.steps,
                          "lambda_enc": NOT_AVAILABLE if spec.lambda_enc is None else spec.lambda_enc}
@@ -333,12 +326,12 @@ def run_comparison(checkpoint: str, images: Sequence[str], output: str, config: 
   predictor: a smoke test, the numbers mean nothing. predictor: optional (AttributeNet, variables) to use
   instead of training one (synthetic-face attributes only).
   """
-  from idinvert_jax import invert_cli
+  from idinvert_jax import inversion, invert_job
   optimize_steps = tuple(optimize_steps or ((5, 10) if quick else (100, 1000)))
   indomain_steps = int(indomain_steps or (5 if quick else 100))
   runs = comparison_runs(methods, optimize_steps, indomain_steps, lambdas)
   output = Path(output)
-  models = invert_cli.load_job_models(checkpoint, config)
+  models = invert_job.load_job_models(checkpoint, config)
   resolution = int(models.config.model.resolution)
   synthetic_seed = int(models.config.get("data", {}).get("synthetic_seed", 0))
   x, names, _ = load_eval_images(images, resolution, synthetic_seed)
@@ -348,9 +341,10 @@ def run_comparison(checkpoint: str, images: Sequence[str], output: str, config: 
   edit, edit_info, edit_reason = prepare_editing(models, boundary, train_boundary, attribute, edit_distance, quick,
                                                  seed, synthesize, predictor)
   machine = machine_lib.describe()
+  inverter = inversion.Inverter(models)
   rows, results = [], []
   for spec in runs:
-    row, result = evaluate_run(spec, x, models, models.config, synthesize, edit, edit_reason, seed, progress)
+    row, result = evaluate_run(spec, x, models, inverter, synthesize, edit, edit_reason, seed, progress)
     rows.append(row)
     results.append(result)
 

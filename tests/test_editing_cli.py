@@ -9,8 +9,10 @@ from PIL import Image
 
 from idinvert_jax import export
 from idinvert_jax import files
+from idinvert_jax import inversion_folder
 from idinvert_jax.editing import boundaries
 from idinvert_jax.editing import cli
+from idinvert_jax.editing import jobs
 from idinvert_jax.models import generator as generator_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,13 +38,13 @@ def setup(tmp_path_factory):
   for name, n, seed in (("a", 3, 1), ("b", 2, 2)):
     z = np.random.default_rng(seed).standard_normal((n, G.z_dim)).astype(np.float32)
     codes = np.asarray(generator_lib.mapping(G, variables, z))
-    images = cli.make_renderer(models)(codes)  # Shares the CLI's compiled synthesis.
+    images = jobs.render(models, codes)  # Shares the jobs' compiled synthesis.
     folder = root / f"inv_{name}"
     sources = [f"/data/{name}/img{i}.png" for i in range(n)]
     sources[-1] = f"/data/other/img0.png"  # A repeated stem: invert.py names it img0_2.
     files.atomic_save_npy(folder / "inverted_codes.npy", codes)
     files.atomic_write_text(folder / "image_list.txt", "".join(s + "\n" for s in sources))
-    for stem, image in zip(cli.unique_names([Path(s) for s in sources]), images):
+    for stem, image in zip(inversion_folder.unique_names(sources), images):
       files.atomic_save_png(folder / f"{stem}_ori.png", image)
     folders[name] = (folder, codes, images)
   return dict(root=root, ckpt=root / "ckpt", folders=folders, res=res, L=int(G.num_layers), D=int(G.w_dim),
@@ -140,7 +142,7 @@ def test_train_boundary_from_labels_and_from_classifier(setup, tmp_path):
   sampled = np.load(out / "sampled_codes.npy")
   assert sampled.shape == (40, L, D)
   models = setup["models"]
-  images = cli.make_renderer(models)(sampled[:8])
+  images = jobs.render(models, sampled[:8])
   np.testing.assert_allclose(np.load(out / "scores.npy")[:8], mean_red(images), rtol=1e-4, atol=1e-5)
   assert boundaries.load_boundary(out / "mean_red.npz").attribute == "mean_red"
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from idinvert_jax import export, inversion, invert_cli
+from idinvert_jax import export, inversion, inversion_folder, invert_job
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = dict(num_iterations=2, num_results=2, batch_size=2)
@@ -43,7 +43,7 @@ def image_dir(tmp_path_factory, config):
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, ckpt, image_dir):
   out = tmp_path_factory.mktemp("job") / "out"
-  summary = invert_cli.run_inversion(ckpt, [image_dir], out, overrides=SETTINGS, progress=False)
+  summary = invert_job.run_inversion(ckpt, [image_dir], out, overrides=SETTINGS, progress=False)
   return out, summary
 
 
@@ -83,7 +83,7 @@ def test_codes_match_the_engine_on_the_same_pixels(job, ckpt):
   out, _ = job
   models = export.load_models(ckpt)
   x = np.asarray(Image.open(out / "c_ori.png"), np.float32) / 127.5 - 1
-  settings = invert_cli.invert_settings(models.config, SETTINGS)
+  settings = inversion.InvertSettings.from_config(models.config, **SETTINGS)
   result = inversion.invert(x[None], models, settings, progress=False)
   # _ori.png holds exactly the loaded uint8 pixels; c was inverted alone (its batch-mate was the broken file).
   np.testing.assert_allclose(np.load(out / "inverted_codes.npy")[2], result.codes[0], atol=1e-5)
@@ -96,20 +96,20 @@ def test_rerun_skips_done_images_and_a_lost_batch_is_redone(job, ckpt, image_dir
   real_invert = inversion.invert
   monkeypatch.setattr(inversion, "invert", lambda x, *a, **k: calls.append(len(x)) or real_invert(x, *a, **k))
   before = {p.name: p.stat().st_mtime_ns for p in out.glob("*_inv.png")}
-  summary = invert_cli.run_inversion(ckpt, [image_dir], out, overrides=SETTINGS, progress=False)
+  summary = invert_job.run_inversion(ckpt, [image_dir], out, overrides=SETTINGS, progress=False)
   assert calls == [] and summary.num_skipped == 3 and summary.num_done == 3
   assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_inv.png")} == before
   # A run killed during its last batch has no part file for it: only that batch is redone.
-  parts = sorted((out / invert_cli.PARTS_DIR).glob("batch_*.npz"))
+  parts = sorted((out / inversion_folder.PARTS_DIR).glob("batch_*.npz"))
   last = np.load(parts[-1])["names"].tolist()
   parts[-1].unlink()
-  summary = invert_cli.run_inversion(ckpt, [image_dir], out, overrides=SETTINGS, progress=False)
+  summary = invert_job.run_inversion(ckpt, [image_dir], out, overrides=SETTINGS, progress=False)
   assert calls == [len(last)] and summary.num_inverted == len(last) and summary.num_done == 3
   np.testing.assert_allclose(np.load(out / "inverted_codes.npy"), np.load(job[0] / "inverted_codes.npy"),
                              atol=1e-5)
   # Other settings on the same folder: refused unless --overwrite.
-  with pytest.raises(invert_cli.InvertJobError, match="--overwrite"):
-    invert_cli.run_inversion(ckpt, [image_dir], out, overrides=dict(SETTINGS, num_iterations=3), progress=False)
+  with pytest.raises(invert_job.InvertJobError, match="--overwrite"):
+    invert_job.run_inversion(ckpt, [image_dir], out, overrides=dict(SETTINGS, num_iterations=3), progress=False)
 
 
 def test_checkpoint_problems_fail_before_any_work(tmp_path, config, image_dir):
@@ -117,11 +117,11 @@ def test_checkpoint_problems_fail_before_any_work(tmp_path, config, image_dir):
   path = export.save_models(tmp_path / "gen_only", config, gen_only.variables())
   out = tmp_path / "never"
   with pytest.raises(inversion.InversionError, match="needs an encoder"):
-    invert_cli.run_inversion(path, [image_dir], out, overrides=SETTINGS, progress=False)
+    invert_job.run_inversion(path, [image_dir], out, overrides=SETTINGS, progress=False)
   other = tiny.get_config()
   other.model.resolution = 16
   with pytest.raises(export.CheckpointError, match="resolution"):
-    invert_cli.run_inversion(path, [image_dir], out, config=other, overrides=SETTINGS, progress=False)
+    invert_job.run_inversion(path, [image_dir], out, config=other, overrides=SETTINGS, progress=False)
   assert not out.exists()
 
 

@@ -83,8 +83,9 @@ def make_boundaries(checkpoint: Path, num_samples: int, classifier_images: int, 
                     seed: int, batch_size: int = 64, attributes_to_edit=BOUNDARY_ATTRIBUTES) -> list[Path]:
   """Fits boundaries for `attributes_to_edit` from predictor-scored generator samples of a checkpoint."""
   from idinvert_jax import export
-  from idinvert_jax.editing import boundaries, cli
+  from idinvert_jax.editing import boundaries
   from idinvert_jax.metrics import attributes
+  from idinvert_jax.models import generator as generator_lib
 
   models = export.load_models(checkpoint, names=("generator",))
   resolution = int(models.config.model.resolution)
@@ -97,9 +98,9 @@ def make_boundaries(checkpoint: Path, num_samples: int, classifier_images: int, 
     raise SystemExit(f"make_demo_assets: the attribute predictor did not learn {weak} ({report['attributes']}); "
                      f"a boundary fitted to its scores would be noise. Raise --classifier_steps / "
                      f"--classifier_images or pick other --attributes.")
-  codes = cli.sample_codes(models, num_samples, seed, None, None, batch_size)
-  render = cli.make_renderer(models, batch_size)
-  images = np.concatenate([render(codes[lo:lo + batch_size]) for lo in range(0, num_samples, batch_size)])
+  G, G_vars = models.generator, models.generator_vars
+  codes = generator_lib.sample_codes(G, G_vars, num_samples, seed, batch_size=batch_size)
+  images = generator_lib.render(G, G_vars, codes, batch_size)
   scores = attributes.predict_attributes(module, variables, images)
   written = []
   for name in attributes_to_edit:

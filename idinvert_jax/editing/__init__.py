@@ -7,5 +7,6 @@ the modules):
   boundaries   boundary files (official pickled .npy read safely, project .npz) and InterFaceGAN training
   style_mix    copying fine layers of style codes into content codes
   diffuse      semantic diffusion: paste a crop, re-invert with a masked objective
-  cli          the `edit.py` subcommands
+  jobs         the editing jobs as library functions (models + arrays in, results + files out)
+  cli          the `edit.py` subcommands: flags -> inputs -> one job
 """
