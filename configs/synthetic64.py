@@ -12,16 +12,6 @@ from configs import common
 
 def get_config():
   config = common.get_config(resolution=64)
-  g = config.model.generator
-  g.z_dim = g.w_dim = 256
-  g.mapping_layers = 8
-  g.mapping_fmaps = 256
-  g.fmaps_base = 8192         # 4..32 px: 256 channels, 64 px: 128 channels
-  g.fmaps_max = 256
-  d = config.model.discriminator
-  d.fmaps_base = 8192
-  d.fmaps_max = 256
-  e = config.model.encoder
-  e.channels_base = 32
-  e.channels_max = 256
+  # 4..32 px: 256 channels, 64 px: 128 channels.
+  common.set_widths(config, w_dim=256, mapping_layers=8, fmaps_base=8192, fmaps_max=256, encoder_channels=(32, 256))
   return config

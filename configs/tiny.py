@@ -11,26 +11,10 @@ from configs import common
 
 def get_config():
   config = common.get_config(resolution=32)
-  g = config.model.generator
-  g.z_dim = g.w_dim = 32
-  g.mapping_layers = 2
-  g.mapping_fmaps = 32
-  g.fmaps_base = 512          # 4..16 px: 32 channels, 32 px: 16 channels
-  g.fmaps_max = 32
-  d = config.model.discriminator
-  d.fmaps_base = 512
-  d.fmaps_max = 32
-  e = config.model.encoder
-  e.channels_base = 8
-  e.channels_max = 32
-
-  for stage in config.train.keys():
-    t = config.train[stage]
-    t.batch_size = 8          # one example per simulated test device
-    t.num_steps = 4
-    t.checkpoint_every = 2
-    t.log_every = 1
-    t.sample_every = 0
+  # 4..16 px: 32 channels, 32 px: 16 channels.
+  common.set_widths(config, w_dim=32, mapping_layers=2, fmaps_base=512, fmaps_max=32, encoder_channels=(8, 32))
+  # batch 8: one example per simulated test device.
+  common.set_train(config, batch_size=8, num_steps=4, checkpoint_every=2, log_every=1, sample_every=0)
   config.data.synthetic_num = 64
   config.invert.num_iterations = 5
   config.invert.batch_size = 8
