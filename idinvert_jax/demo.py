@@ -209,9 +209,9 @@ def _relative(path: Path, root: Path) -> str:
 def inversion_grid(inversion_dir: Path, names: Sequence[str], destination: Path) -> Path:
   """One grid (rows: images; columns: original, encoder, inverted) from invert.py's PNGs."""
   from idinvert_jax import inversion_folder
-  columns = [(kind, label, inversion_folder.read_pngs(inversion_dir, names, kind))
-             for kind, label in [("ori", "Original"), ("enc", "E(x)"), ("inv", "Inverted")]]
-  columns = [(label, images) for _, label, images in columns if images is not None]
+  columns = [(label, inversion_folder.read_pngs(inversion_dir, names, kind))
+             for kind, label in (("ori", "Original"), ("enc", "E(x)"), ("inv", "Inverted"))]
+  columns = [(label, images) for label, images in columns if images is not None]
   scale = max(1, -(-OVERVIEW_MIN_SIZE // columns[0][1].shape[1]))  # Small models: enlarge so labels fit.
   rows = [[images[i].repeat(scale, axis=0).repeat(scale, axis=1) for _, images in columns]
           for i in range(len(names))]

@@ -68,7 +68,7 @@ class InversionError(ValueError):
 # ----------------------------------------------------------------------------------------------------------
 # Settings: resolved once, validated once, frozen.
 
-_FIELD_TYPES = {"str": str, "int": int, "float": float}
+_FIELD_TYPES = {"str": (str, "text"), "int": (int, "whole number"), "float": (float, "number")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +103,12 @@ class InvertSettings:
 
   def __post_init__(self):
     for field in dataclasses.fields(self):
-      object.__setattr__(self, field.name, _FIELD_TYPES[field.type](getattr(self, field.name)))
+      value, (kind, what) = getattr(self, field.name), _FIELD_TYPES[field.type]
+      try:
+        object.__setattr__(self, field.name, kind(value))
+      except (TypeError, ValueError):
+        raise InversionError(f"invert: {field.name}={value!r} is not a {what}; fix the flag or "
+                             f"config.invert.{field.name}.") from None
     if self.method not in METHODS:
       raise InversionError(f"invert: method {self.method!r} is unknown; set --method to one of {METHODS}.")
     if self.init not in INITS:
