@@ -88,6 +88,12 @@ def models(io):
 
 
 @pytest.fixture(scope="module")
+def inverter(models):
+  """One Inverter for the module: the calls below share its compiled engine (same program, one device)."""
+  return inversion.Inverter(models)
+
+
+@pytest.fixture(scope="module")
 def config(io):
   c = inversion.get_invert_config("indomain")
   c.learning_rate = float(io["learning_rate"])
@@ -98,7 +104,7 @@ def config(io):
   return c
 
 
-DEVICES = jax.devices()[:1]  # One device.
+DEVICES = jax.devices()[:1]  # One device: every call below then shares one compiled engine.
 
 
 def test_fixture_is_consistent(io):
@@ -115,8 +121,8 @@ def test_fixture_is_consistent(io):
                        io[name.replace("adam", "adam64")][step - 1], CODE_ATOL[step])
 
 
-def test_loss_terms_and_gradient_match_pytorch(io, models, config):
-  losses, grad = inversion.loss_and_grad(io["w"], io["x"], models, config, devices=DEVICES)
+def test_loss_terms_and_gradient_match_pytorch(io, inverter, config):
+  losses, grad = inversion.loss_and_grad(io["w"], io["x"], inverter, config, devices=DEVICES)
   for column, name in enumerate(TERMS):
     _assert_relative(f"in-domain loss term {name!r} vs torch float32", losses[name], io["terms"][:, column])
     _assert_relative(f"in-domain loss term {name!r} vs torch float64", losses[name], io["terms64"][:, column])
@@ -124,10 +130,10 @@ def test_loss_terms_and_gradient_match_pytorch(io, models, config):
   _assert_relative("d total / d w vs torch float64 autograd", grad, io["grad64"])
 
 
-def test_engine_adam_steps_match_torch_adam(io, models, config):
+def test_engine_adam_steps_match_torch_adam(io, inverter, config):
   """The engine's compiled step (vmapped optax Adam) from the fixture's w vs torch.optim.Adam, 1 and 5 steps."""
   settings = inversion.InvertSettings.from_config(config)
-  engine = inversion.Inverter(models).engine(settings, DEVICES)
+  engine = inverter.engine(settings, DEVICES)
   x = jax.device_put(io["x"], engine.batch_sharding)
   masks = jax.device_put(np.ones(io["x"].shape[:3] + (1,), np.float32), engine.batch_sharding)
   batch = engine.batch(settings, x, engine.prepare(x, masks)["feats"], masks)
@@ -148,13 +154,13 @@ def test_engine_adam_steps_match_torch_adam(io, models, config):
   assert moved > 0.5 * reference.shape[0] * float(io["learning_rate"]), moved
 
 
-def test_invert_from_encoder_matches_the_official_loop(io, models, config):
+def test_invert_from_encoder_matches_the_official_loop(io, inverter, config):
   """The public invert(): E(x) init, then 1 and 5 Adam steps, as the official inverter from E(x)."""
   reference = io["adam_from_encoder"]
   for steps in CODE_ATOL:
     c = ml_collections.ConfigDict(config.to_dict())
     c.num_iterations = steps
-    result = inversion.invert(io["x"], models, c, progress=False, devices=DEVICES)
+    result = inversion.invert(io["x"], inverter, c, progress=False, devices=DEVICES)
     _assert_relative("invert() encoder codes E(x) vs torch", result.encoder_codes, io["w_encoder"])
     _assert_absolute(f"invert() codes after {steps} Adam step(s) from E(x) vs torch float32", result.codes,
                      reference[steps - 1], CODE_ATOL[steps])
