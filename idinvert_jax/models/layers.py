@@ -145,16 +145,24 @@ def _conv_as_matmul(x: jax.Array, kernel: jax.Array, padding, precision) -> jax.
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                          preferred_element_type=None):
-  """`jax.lax.conv_general_dilated`, except that small NHWC/HWIO stride-1 maps on CPU use `_conv_as_matmul`.
+  """`jax.lax.conv_general_dilated`, except that small NHWC/HWIO stride-1 maps use `_conv_as_matmul` on CPU.
 
   Drop-in (also as `nn.Conv(conv_general_dilated=...)`): same arguments, same result up to float32 summation order.
+  The choice follows the platform the program is compiled for, not the host's default backend: both forms are
+  staged out with `jax.lax.platform_dependent`, and lowering keeps only the product for CPU devices and only the
+  convolution for any other (a step lowered on a CPU host for a TPU topology gets the TPU's native convolution).
   """
+  def direct(lhs, rhs):
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count, precision,
+                                        preferred_element_type)
+
   ones = lambda v: v is None or all(int(d) == 1 for d in v)
   simple = (lhs.ndim == 4 and ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
             and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
             and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
             == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _CONV_DIMS))
-  if simple and _matmul_convs[-1] and jax.default_backend() == "cpu":
+  if simple and _matmul_convs[-1]:
     pads = padding
     if isinstance(padding, str):
       pads = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
@@ -163,10 +171,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     # 1x1 convolutions and 3-channel inputs are also faster as products at any size (toRGB 64 -> 3 at
     # 4 x 256 x 256: 75 -> 21 ms forward+backward; VGG conv1_1: 65 -> 47 ms).
     if rows <= MATMUL_CONV_MAX_ROWS or rhs.shape[0] * rhs.shape[1] == 1 or rhs.shape[2] <= 4:
-      return _conv_as_matmul(lhs, rhs, pads, precision)
-  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                      dimension_numbers, feature_group_count, batch_group_count, precision,
-                                      preferred_element_type)
+      product = lambda lhs, rhs: _conv_as_matmul(lhs, rhs, pads, precision)
+      return jax.lax.platform_dependent(lhs, rhs, cpu=product, default=direct)
+  return direct(lhs, rhs)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
