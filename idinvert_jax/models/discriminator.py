@@ -44,7 +44,7 @@ def minibatch_stddev(x: jax.Array, group_size: int = 4, num_features: int = 1) -
                      f"use a batch that is a multiple of {g} or change model.discriminator.mbstd_group_size.")
   if c % num_features:
     raise ValueError(f"mbstd_num_features={num_features} must divide the 4x4 channel count {c}.")
-  y = x.reshape(g, n // g, h, w, num_features, c // num_features)
+  y = x.astype(jnp.float32).reshape(g, n // g, h, w, num_features, c // num_features)  # float32 statistics
   y = y - jnp.mean(y, axis=0, keepdims=True)
   y = jnp.sqrt(jnp.mean(jnp.square(y), axis=0) + 1e-8)        # [M, H, W, n, c]
   y = jnp.mean(y, axis=(1, 2, 4))                              # [M, n]

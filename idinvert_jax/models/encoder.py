@@ -61,13 +61,14 @@ class BatchNorm(nn.Module):
     running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((channels,), jnp.float32))
     running_var = self.variable("batch_stats", "var", ones)
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    y = x.astype(jnp.float32)  # statistics and normalisation in float32; the output in x's dtype (bfloat16 too)
     if train:
       axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(x, axes)
+      mean = jnp.mean(y, axes)
       if self.axis_name is not None:
         mean = jax.lax.pmean(mean, self.axis_name)
       # Two passes (variance of the centred values) avoid the cancellation of E[x^2] - E[x]^2.
-      var = jnp.mean(jnp.square(x - mean), axes)
+      var = jnp.mean(jnp.square(y - mean), axes)
       if self.axis_name is not None:
         var = jax.lax.pmean(var, self.axis_name)
       if not self.is_initializing():
@@ -75,7 +76,7 @@ class BatchNorm(nn.Module):
         running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
     else:
       mean, var = running_mean.value, running_var.value
-    return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale.value) + bias
+    return ((y - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale.value) + bias).astype(x.dtype)
 
 
 def _conv(features: int, kernel: int, use_bias: bool, name: str) -> nn.Conv:

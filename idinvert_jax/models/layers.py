@@ -1,4 +1,4 @@
-"""StyleGAN-v1 building blocks (NHWC, float32) shared by the generator and the discriminator.
+"""StyleGAN-v1 building blocks (NHWC; float32, or bfloat16 with float32 normalisation statistics) shared by the generator and the discriminator.
 
 Equalised learning rate: every weight is stored raw (exactly the value the official TF/PyTorch files hold, only
 transposed to JAX layouts) and multiplied at run time by `gain / sqrt(fan_in) * lr_mul`; biases by `lr_mul`.
@@ -32,14 +32,20 @@ def leaky_relu(x: jax.Array, slope: float = LRELU_SLOPE) -> jax.Array:
 
 
 def pixel_norm(x: jax.Array, eps: float = 1e-8, axis: int = -1) -> jax.Array:
-  """Normalises each feature vector to unit root-mean-square (the mapping network's input norm)."""
-  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=axis, keepdims=True) + eps)
+  """Normalises each feature vector to unit root-mean-square (the mapping network's input norm).
+
+  Computed in float32 and returned in x's dtype (bfloat16 compute keeps float32 statistics; float32 is unchanged).
+  """
+  y = x.astype(jnp.float32)
+  return (y * jax.lax.rsqrt(jnp.mean(jnp.square(y), axis=axis, keepdims=True) + eps)).astype(x.dtype)
 
 
 def instance_norm(x: jax.Array, eps: float = 1e-8) -> jax.Array:
-  """Per-sample, per-channel normalisation over the spatial axes of an NHWC tensor."""
-  x = x - jnp.mean(x, axis=(1, 2), keepdims=True)
-  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=(1, 2), keepdims=True) + eps)
+  """Per-sample, per-channel normalisation over the spatial axes of an NHWC tensor (float32 statistics, output
+  in x's dtype, as `pixel_norm`)."""
+  y = x.astype(jnp.float32)
+  y = y - jnp.mean(y, axis=(1, 2), keepdims=True)
+  return (y * jax.lax.rsqrt(jnp.mean(jnp.square(y), axis=(1, 2), keepdims=True) + eps)).astype(x.dtype)
 
 
 def style_modulate(x: jax.Array, style: jax.Array) -> jax.Array:

@@ -2,7 +2,8 @@
 
   get_train_config(stage)          config.train defaults of a stage ('gan' | 'encoder')
   train(config, workdir, stage)    runs or resumes one stage in workdir (gan.train_gan / encoder.train_encoder)
-  compile_report(config, stage)    ahead-of-time compile of the train step: FLOPs and memory, nothing runs
+  compile_report(config, stage, mesh)  ahead-of-time compile of the train step for local devices or a TPU topology:
+                                   memory per device vs HBM, FLOPs, estimate (compile_check.CompileReport)
 
 Workdir layout: checkpoints/<stage>/<step>/ (Orbax), export/ (project checkpoint format: load_models(workdir);
 each stage's export keeps the other stage's models already there, and export/training.json records which stage
@@ -15,6 +16,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from idinvert_jax.training import mesh as mesh_lib
+
 STAGES = ("gan", "encoder")
 
 
@@ -26,6 +29,8 @@ def _common_defaults() -> dict[str, Any]:
       mirror=True,             # random horizontal flips (official mirror_augment)
       adam_eps=1e-8,
       r1_gamma=10.0,
+      precision="float32",     # compute dtype of the models in the step ('float32' | 'bfloat16'); parameters and
+                               # optimiser state stay float32 (idinvert_jax/precision.py)
       checkpoint_every=1000,   # steps between Orbax checkpoints + export/ (and always at the end or on SIGTERM)
       keep_checkpoints=3,
       log_every=50,            # steps between metrics.jsonl lines
@@ -104,17 +109,23 @@ def build_trainer(config: ml_collections.ConfigDict, stage: str, mesh: jax.shard
   return encoder.EncoderTrainer(config, mesh, **frozen_models)
 
 
-def compile_report(config: ml_collections.ConfigDict, stage: str, mesh: jax.sharding.Mesh, *, workdir: str = "",
-                   frozen_models: dict | None = None) -> dict[str, Any]:
-  """Lowers and compiles the train step for `mesh` without running it; returns FLOPs and memory figures.
+def compile_report(config: ml_collections.ConfigDict, stage: str, mesh: jax.sharding.Mesh, *,
+                   topology: str = ""):
+  """Compiles `stage`'s train step for `mesh` (local devices, or a TPU topology's) without running anything.
 
-  For the encoder stage without a generator checkpoint, pass frozen_models (random ones are fine for compiling).
+  Returns a compile_check.CompileReport: memory per device against the chip's HBM, FLOPs, a roofline estimate and
+  the collectives. The frozen models of the encoder stage are shapes from the config; VGG16 is included (as in a
+  run with perceptual weights) so the step compiled is the official one.
   """
+  from idinvert_jax import compile_check  # pylint: disable=import-outside-toplevel
   config = stage_config(config, stage)
-  trainer = build_trainer(config, stage, mesh, workdir, frozen_models)
-  compiled = trainer.compiled_step()
-  return {"stage": stage, "mesh_shape": dict(mesh.shape), "global_batch": int(config.train.batch_size),
-          **compiled_stats(compiled), "compiled": compiled}
+  mesh_lib.check_batch_size(int(config.train.batch_size), mesh)
+  frozen = abstract_frozen_models(config) if stage == "encoder" else None
+  trainer = build_trainer(config, stage, mesh, frozen_models=frozen)
+  devices = list(mesh.devices.flat)
+  return compile_check.compile_and_report(
+      trainer.lower, devices, topology=topology or f"host:{devices[0].platform}", stage=stage,
+      global_batch=int(config.train.batch_size), precision=str(config.train.get("precision", "float32")))
 
 
 def compiled_stats(compiled) -> dict[str, Any]:
@@ -131,6 +142,17 @@ def compiled_stats(compiled) -> dict[str, Any]:
     if value is not None:
       stats[name] = int(value)
   return stats
+
+
+def abstract_frozen_models(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Shapes (jax.ShapeDtypeStruct) of the encoder stage's frozen generator and of VGG16, for compile checks."""
+  from idinvert_jax import export  # pylint: disable=import-outside-toplevel
+
+  def shapes(name):
+    module = export.build_module(name, config.model)
+    return module, jax.eval_shape(lambda: export.init_variables(name, module, jax.random.PRNGKey(0)))
+
+  return {"generator_vars": shapes("generator")[1], "discriminator_vars": None, "perceptual": shapes("perceptual")}
 
 
 def random_frozen_models(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from idinvert_jax import export
 from idinvert_jax import losses
+from idinvert_jax import precision
 from idinvert_jax.models import generator as generator_lib
 from idinvert_jax.training import loop
 from idinvert_jax.training import mesh as mesh_lib
@@ -78,14 +79,18 @@ class EncoderTrainer(loop.StateShapesMixin):
                       "loss only); set config.model.perceptual.weights to enable it", float(self.tcfg.lambda_vgg))
     self._initial_discriminator_vars = discriminator_vars
     self.e_tx = make_optimizer(self.tcfg, self.num_steps)
+    # Compute dtype of E, G, D and VGG16 inside the step; parameters, BN statistics and Adam state stay float32.
+    self.dtype = precision.compute_dtype(self.tcfg.get("precision", "float32"), "config.train.encoder.precision")
     self.d_tx = make_optimizer(self.tcfg, self.num_steps)
     replicate = mesh_lib.replicated(mesh)
-    # Frozen inputs travel as jit arguments (not constants baked into the program).
-    self.frozen = jax.device_put({"generator": generator_vars, "perceptual": perceptual_vars}, replicate)
+    # Frozen inputs travel as jit arguments (not constants baked into the program). They are put on the mesh at
+    # first use: a compile check for devices this host does not have passes only their shapes (ShapeDtypeStructs).
+    self._frozen_host = {"generator": generator_vars, "perceptual": perceptual_vars}
+    self._frozen = None
     rules = tuple(self.config.mesh.get("param_rules", ())) if "mesh" in self.config else ()
     self._state_shapes = jax.eval_shape(self._init_state_unsharded)
     self.state_shardings = mesh_lib.param_shardings(self._state_shapes, mesh, rules)
-    self.frozen_shardings = jax.tree.map(lambda _: replicate, self.frozen)
+    self.frozen_shardings = jax.tree.map(lambda _: replicate, self._frozen_host)
     self.images_sharding = mesh_lib.batch_sharding(mesh)
     self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.frozen_shardings,
                                                               self.images_sharding),
@@ -113,9 +118,16 @@ class EncoderTrainer(loop.StateShapesMixin):
         "d_opt": self.d_tx.init(d_params),
     }
 
+  @property
+  def frozen(self):
+    """The frozen variables on the mesh (replicated), placed once."""
+    if self._frozen is None:
+      self._frozen = jax.device_put(self._frozen_host, self.frozen_shardings)
+    return self._frozen
+
   def lower(self):
     """The train step lowered for abstract inputs (nothing runs): .compile() for the AOT check."""
-    frozen = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), self.frozen,
+    frozen = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), self._frozen_host,
                           self.frozen_shardings)
     return self.train_step.lower(self.abstract_state(), frozen, self.abstract_images())
 
@@ -130,8 +142,14 @@ class EncoderTrainer(loop.StateShapesMixin):
     return self.compiled_step()(state, self.frozen, mesh_lib.shard_batch(images, self.images_sharding))
 
   # ----- the step -----
+  def _for_compute(self, tree):
+    """Variables in the compute dtype, whole on every device (the FSDP all-gather when parameters are sharded)."""
+    return loop.replicate_for_compute(precision.cast_floating(tree, self.dtype), self.mesh)
+
   def _encode_train(self, params, batch_stats, images):
     """Training-mode encoder on the global batch with BN statistics synchronised over the data axis."""
+    params, images = self._for_compute(params), images.astype(self.dtype)
+
     def local(params, batch_stats, images):
       wp, updates = self.synced_encoder.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
                                               mutable=["batch_stats"])
@@ -141,12 +159,21 @@ class EncoderTrainer(loop.StateShapesMixin):
                          out_specs=(P(mesh_lib.DATA_AXIS), P()))(params, batch_stats, images)
 
   def _features(self, frozen, images):
+    """float32 VGG16 features, computed in the compute dtype."""
     from idinvert_jax.models.vgg16 import perceptual_features  # pylint: disable=import-outside-toplevel
-    return perceptual_features(self.perceptual_module, frozen["perceptual"], images)
+    variables = precision.cast_floating(frozen["perceptual"], self.dtype)
+    return perceptual_features(self.perceptual_module, variables, images.astype(self.dtype)).astype(jnp.float32)
 
   def _synthesize(self, frozen, wp):
+    """float32 images G(wp), computed in the compute dtype."""
     # Fixed noise maps, as the official encoder training (randomize_noise=False).
-    return generator_lib.synthesize(self.generator, frozen["generator"], wp)
+    variables = precision.cast_floating(frozen["generator"], self.dtype)
+    return generator_lib.synthesize(self.generator, variables, wp.astype(self.dtype)).astype(jnp.float32)
+
+  def _logits_fn(self, d_params):
+    """D's float32 logits as a function of float32 images, computed in the compute dtype."""
+    d_vars = {"params": self._for_compute(d_params)}
+    return lambda x: self.discriminator.apply(d_vars, x.astype(self.dtype)).astype(jnp.float32)
 
   def _train_step(self, state, frozen, images):
     tcfg = self.tcfg
@@ -156,7 +183,7 @@ class EncoderTrainer(loop.StateShapesMixin):
     def encoder_objective(e_params):
       wp, new_stats = self._encode_train(e_params, state["encoder"]["batch_stats"], images)
       recons = self._synthesize(frozen, wp)
-      fake_logits = self.discriminator.apply(d_vars, recons)
+      fake_logits = self._logits_fn(d_vars["params"])(recons)
       recon_features = self._features(frozen, recons) if self.lambda_vgg > 0 else None
       total, metrics = losses.encoder_loss(images, recons, fake_logits, real_features=real_features,
                                            recon_features=recon_features, lambda_vgg=self.lambda_vgg,
@@ -173,7 +200,7 @@ class EncoderTrainer(loop.StateShapesMixin):
     recons = jax.lax.stop_gradient(self._synthesize(frozen, wp))
 
     def discriminator_objective(d_params):
-      logits_fn = lambda x: self.discriminator.apply({"params": d_params}, x)
+      logits_fn = self._logits_fn(d_params)
       r1, real_logits = losses.r1_penalty(logits_fn, images)
       loss_real, loss_fake = losses.discriminator_logistic_loss(real_logits, logits_fn(recons))
       total = loss_real + loss_fake + 0.5 * float(tcfg.r1_gamma) * r1

@@ -22,6 +22,7 @@ import optax
 
 from idinvert_jax import export
 from idinvert_jax import losses
+from idinvert_jax import precision
 from idinvert_jax.training import loop
 from idinvert_jax.training import mesh as mesh_lib
 
@@ -68,6 +69,8 @@ class GanTrainer(loop.StateShapesMixin):
     self.g_tx = make_optimizer(float(self.tcfg.g_learning_rate), self.tcfg)
     self.d_tx = make_optimizer(float(self.tcfg.d_learning_rate), self.tcfg)
     self.beta = ema_beta(self.batch_size, float(self.tcfg.ema_kimg))
+    # Compute dtype of G and D inside the step; parameters, EMA, w_avg and Adam state stay float32.
+    self.dtype = precision.compute_dtype(self.tcfg.get("precision", "float32"), "config.train.gan.precision")
     rules = tuple(config.mesh.get("param_rules", ())) if "mesh" in config else ()
     self._state_shapes = jax.eval_shape(self._init_state_unsharded)
     self.state_shardings = mesh_lib.param_shardings(self._state_shapes, mesh, rules)
@@ -113,26 +116,37 @@ class GanTrainer(loop.StateShapesMixin):
     return self.compiled_step()(state, mesh_lib.shard_batch(images, self.images_sharding))
 
   # ----- the step -----
+  def _for_compute(self, tree):
+    """Variables as the models use them: in the compute dtype and whole on every device (with parameters
+    sharded by config.mesh.param_rules, this is the all-gather of FSDP; the gradient comes back sharded)."""
+    return loop.replicate_for_compute(precision.cast_floating(tree, self.dtype), self.mesh)
+
   def _fake_codes(self, g_vars, rng):
     """Mixed W+ codes for a batch of fakes and the unmixed first-layer codes (for w_avg)."""
     z_rng, z2_rng, mix_rng = jax.random.split(rng, 3)
     z_shape = (self.batch_size, self.generator.z_dim)
-    wp = self._g.mapping(self.generator, g_vars, jax.random.normal(z_rng, z_shape))
-    wp_other = self._g.mapping(self.generator, g_vars, jax.random.normal(z2_rng, z_shape))
+    wp = self._g.mapping(self.generator, g_vars, jax.random.normal(z_rng, z_shape, self.dtype))
+    wp_other = self._g.mapping(self.generator, g_vars, jax.random.normal(z2_rng, z_shape, self.dtype))
     mixed = mix_styles(wp, wp_other, mix_rng, float(self.tcfg.style_mixing_prob))
-    return mixed, wp[:, 0]
+    return mixed, wp[:, 0].astype(jnp.float32)
 
   def _train_step(self, state, images):
     tcfg = self.tcfg
     d_rng, d_noise_rng, g_rng, g_noise_rng = jax.random.split(loop.step_rng(state["rng"], state["step"]), 4)
     g_vars = state["generator"]
+    g_compute = self._for_compute(g_vars)
+
+    def logits_of(d_params):
+      """D's float32 logits of images (float32 or compute dtype) with parameters d_params (float32)."""
+      d_vars = {"params": self._for_compute(d_params)}
+      return lambda x: self.discriminator.apply(d_vars, x.astype(self.dtype)).astype(jnp.float32)
 
     # Discriminator step on reals + fakes from the current G.
-    d_codes, _ = self._fake_codes(g_vars, d_rng)
-    fakes = jax.lax.stop_gradient(self._g.synthesize(self.train_generator, g_vars, d_codes, d_noise_rng))
+    d_codes, _ = self._fake_codes(g_compute, d_rng)
+    fakes = jax.lax.stop_gradient(self._g.synthesize(self.train_generator, g_compute, d_codes, d_noise_rng))
 
     def discriminator_objective(d_params):
-      logits_fn = lambda x: self.discriminator.apply({"params": d_params}, x)
+      logits_fn = logits_of(d_params)
       r1, real_logits = losses.r1_penalty(logits_fn, images)
       loss_real, loss_fake = losses.discriminator_logistic_loss(real_logits, logits_fn(fakes))
       total = loss_real + loss_fake + 0.5 * float(tcfg.r1_gamma) * r1
@@ -146,10 +160,10 @@ class GanTrainer(loop.StateShapesMixin):
 
     # Generator step against the updated D (the official loop runs the D op, then the G op).
     def generator_objective(g_params):
-      variables = {"params": g_params, "buffers": g_vars["buffers"]}
+      variables = self._for_compute({"params": g_params, "buffers": g_vars["buffers"]})
       codes, first_layer_codes = self._fake_codes(variables, g_rng)
       fake_images = self._g.synthesize(self.train_generator, variables, codes, g_noise_rng)
-      fake_logits = self.discriminator.apply({"params": d_params}, fake_images)
+      fake_logits = logits_of(d_params)(fake_images)
       loss = losses.generator_logistic_ns_loss(fake_logits)
       return loss, (first_layer_codes, jnp.mean(fake_logits))
 

@@ -258,6 +258,16 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def replicate_for_compute(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """`tree` constrained to be whole on every device of `mesh` (inside a jitted step).
+
+  A no-op for replicated parameters. With parameters sharded over the data axis (FSDP, config.mesh.param_rules)
+  it is where they are all-gathered for the forward pass; the gradients' transpose is a reduce-scatter back to
+  the shards. Without it XLA's sharding propagation may instead move the batch (activations) to the weights.
+  """
+  return jax.lax.with_sharding_constraint(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
 def step_rng(base_rng: jax.Array, step: jax.Array) -> jax.Array:
   """The RNG key of one step: a pure function of the stored base key and the step (exact resume)."""
   return jax.random.fold_in(base_rng, step)

@@ -70,8 +70,8 @@ def make_mesh(mesh_config: Any = None, devices: Sequence[jax.Device] | None = No
   if int(np.prod(shape)) != len(devices):
     raise ValueError(f"config.mesh.shape {tuple(shape)} needs {int(np.prod(shape))} devices but {len(devices)} are "
                      "available; use -1 for the data axis")
-  if devices == list(jax.devices()):
-    # Topology-aware order (ICI rings on TPU); falls back to plain order on CPU.
+  if devices == list(jax.devices()) or devices[0].platform == "tpu":
+    # Topology-aware order (ICI rings on TPU, also for a topology compiled for without TPUs); plain order on CPU.
     device_array = mesh_utils.create_device_mesh(shape, devices)
   else:
     device_array = np.asarray(devices).reshape(shape)
