@@ -1,6 +1,6 @@
 # Two commands for a fresh machine (Python >= 3.10 with pip and venv; no GPU needed):
 #   make demo   install into .venv and run the main job on the embedded default
-#   make test   install into .venv and run the test suite
+#   make test   install into .venv and run the test suite (the tpu extra brings libtpu for the TPU compile checks)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +11,7 @@ DEMO_OUT ?= demo_out
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,tpu]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -75,25 +75,28 @@ _COLLECTIVE_RE = re.compile(r"=\s*(\([^=]*?\)|\S+)\s+(" + "|".join(_COLLECTIVES)
 _SHAPE_RE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
 
 
-def _shape_bytes(text: str) -> list[int]:
-  return [_DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d) for dtype, dims in
-          _SHAPE_RE.findall(text)]
+def collectives(hlo_text: str) -> list[tuple[str, list[tuple[str, tuple[int, ...]]]]]:
+  """[(op, [(dtype, result shape), ...])] for every collective of a compiled (per-device) HLO module.
+
+  Async '-start' forms return (operands, results) tuples; only the results are kept.
+  """
+  found = []
+  for shape_text, op, is_async in _COLLECTIVE_RE.findall(hlo_text):
+    shapes = [(dtype, tuple(int(d) for d in dims.split(",") if d)) for dtype, dims in _SHAPE_RE.findall(shape_text)]
+    if is_async and len(shapes) >= 2:
+      shapes = shapes[len(shapes) // 2:]
+    found.append((op, shapes))
+  return found
 
 
 def collective_bytes(hlo_text: str) -> dict[str, dict[str, int]]:
-  """{op: {'count', 'bytes'}}: the result bytes of every collective in a compiled (per-device) HLO module.
-
-  Async '-start' forms return (operands, results) tuples; only the results are counted. Ops inside loops are
-  counted once (the steps here have none).
-  """
+  """{op: {'count', 'bytes'}}: the result bytes of the collectives of a compiled (per-device) HLO module, per step
+  (ops inside loops would count once; the steps here have none)."""
   totals: dict[str, dict[str, int]] = {}
-  for shape_text, op, is_async in _COLLECTIVE_RE.findall(hlo_text):
-    sizes = _shape_bytes(shape_text)
-    if is_async and len(sizes) >= 2:
-      sizes = sizes[len(sizes) // 2:]
+  for op, shapes in collectives(hlo_text):
     entry = totals.setdefault(op, {"count": 0, "bytes": 0})
     entry["count"] += 1
-    entry["bytes"] += sum(sizes)
+    entry["bytes"] += sum(_DTYPE_BYTES[dtype] * math.prod(dims) for dtype, dims in shapes)
   return totals
 
 
@@ -110,8 +113,8 @@ class CompileReport:
   per_device_bytes: int          # arguments + outputs - aliased + temporaries + code
   hbm_bytes: int | None          # usable HBM of one device (None: unknown, e.g. a CPU host)
   fits: bool
-  flops_per_device: float
-  bytes_accessed_per_device: float
+  flops_per_device: float | None     # None when the compiler refused the program
+  bytes_accessed_per_device: float | None
   estimated_step_s: float | None  # roofline lower bound from published peaks: an ESTIMATE
   collectives: dict
   compile_s: float
@@ -119,8 +122,8 @@ class CompileReport:
   error: str = ""                # the compiler's message when it refused the program (out of memory)
 
   @property
-  def flops_per_step(self) -> float:
-    return self.flops_per_device * self.devices
+  def flops_per_step(self) -> float | None:
+    return None if self.flops_per_device is None else self.flops_per_device * self.devices
 
   @property
   def collective_bytes_per_device(self) -> int:
@@ -213,8 +216,8 @@ def compile_and_report(lower: Callable[[], Any], devices: Sequence[jax.Device], 
     needed, available = parsed if parsed else (0, hbm or 0)
     return CompileReport(topology=topology, devices=len(devices), device_kind=kind, stage=stage,
                          global_batch=global_batch, precision=precision, memory={}, per_device_bytes=needed,
-                         hbm_bytes=available or hbm, fits=False, flops_per_device=float("nan"),
-                         bytes_accessed_per_device=float("nan"), estimated_step_s=None, collectives={},
+                         hbm_bytes=available or hbm, fits=False, flops_per_device=None,
+                         bytes_accessed_per_device=None, estimated_step_s=None, collectives={},
                          compile_s=time.perf_counter() - start, per_chip=per_chip,
                          error=message.strip().splitlines()[0][:300])
   compile_s = time.perf_counter() - start

@@ -1,0 +1,107 @@
+"""TPU compile checks without a TPU: the real TPU compiler (libtpu) builds the steps for pod topologies.
+
+Skipped, with the reason, where libtpu is not installed (`pip install -e '.[tpu]'`; Linux x86_64 wheels only).
+The official 256-px steps take minutes each to compile on a 2-core CPU, so each is compiled once here, at the
+smallest batch that still splits over every chip (one image per chip); the other checks use lowering only (no
+compile) or the tiny config.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e '.[tpu]', Linux x86_64 only): the "
+                    "TPU topology compile checks need the TPU compiler")
+
+from configs import ffhq256  # noqa: E402
+from configs import tiny  # noqa: E402
+from idinvert_jax import compile_check  # noqa: E402
+from idinvert_jax import training  # noqa: E402
+from idinvert_jax.training import mesh as mesh_lib  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+V5E = "v5e:4x4"
+V5E_HBM = int(15.75 * 2**30)
+
+
+def topology_mesh(name):
+  return mesh_lib.make_mesh(None, compile_check.topology_devices(name))
+
+
+def ffhq256_config(stage, per_chip=1, chips=16):
+  config = ffhq256.get_config()
+  config.train[stage].batch_size = per_chip * chips
+  return config
+
+
+def op_counts(text):
+  return {op: text.count(f"stablehlo.{op}") for op in ("convolution", "dot_general")}
+
+
+def test_topology_devices_are_the_pod_slices_chips():
+  devices = compile_check.topology_devices("v5e:16x16")
+  assert len(devices) == 256 and devices[0].device_kind == "TPU v5 lite" and devices[0].platform == "tpu"
+  v4 = compile_check.topology_devices("v4:2x2x1")  # one device per chip ("megacore"), as on a v4 pod
+  assert len(v4) == 4 and compile_check.devices_per_chip(v4) == 1
+  with pytest.raises(compile_check.CompileCheckError, match="v5e:16x16"):
+    compile_check.topology_devices("v5e-256")
+
+
+def test_the_256px_gan_step_lowered_for_tpu_uses_convolutions_not_the_cpu_products():
+  # The CPU fast paths (im2col products) must not leak into a program compiled for TPU chips on a CPU host.
+  config = training.stage_config(ffhq256_config("gan"), "gan")
+  texts = {}
+  for name, mesh in (("tpu", topology_mesh(V5E)), ("cpu", mesh_lib.make_mesh(None, jax.devices()[:1]))):
+    if name == "cpu":
+      config.train.batch_size = 4
+    texts[name] = op_counts(training.build_trainer(config, "gan", mesh).lower().as_text())
+  assert texts["tpu"]["convolution"] > texts["cpu"]["convolution"]
+  assert texts["tpu"]["dot_general"] < texts["cpu"]["dot_general"]
+
+
+@pytest.fixture(scope="module")
+def gan_report():
+  return training.compile_report(ffhq256_config("gan"), "gan", topology_mesh(V5E), topology=V5E)
+
+
+@pytest.fixture(scope="module")
+def encoder_report():
+  return training.compile_report(ffhq256_config("encoder"), "encoder", topology_mesh(V5E), topology=V5E)
+
+
+@pytest.mark.parametrize("stage", ["gan", "encoder"])
+def test_ffhq256_train_steps_fit_a_v5e_chip(stage, request):
+  report = request.getfixturevalue(f"{stage}_report")
+  assert report.devices == 16 and report.device_kind == "TPU v5 lite" and report.hbm_bytes == V5E_HBM
+  assert report.fits and 0.5 * 2**30 < report.per_device_bytes < V5E_HBM, report.lines()
+  # The official architecture's parameters and Adam state are replicated on every chip (no param_rules).
+  assert report.memory["argument_size_in_bytes"] > 0.3 * 2**30
+  assert report.flops_per_device > 1e11 and report.estimated_step_s > 0
+  assert report.collective_bytes_per_device > 0  # the gradient all-reduce over 16 chips
+  line = json.loads(report.json_line())
+  assert line["topology"] == V5E and line["stage"] == stage and line["fits"] is True
+  assert line["flops_per_step"] == pytest.approx(16 * report.flops_per_device)
+
+
+def test_v4_topology_compiles_with_v4_memory():
+  config = tiny.get_config()
+  config.model.resolution = 8
+  report = training.compile_report(config, "gan", topology_mesh("v4:2x2x1"), topology="v4:2x2x1")
+  assert report.device_kind == "TPU v4" and report.devices == 4 and report.hbm_bytes == int(30.75 * 2**30)
+  assert report.fits and report.estimated_step_s > 0
+
+
+def test_train_py_exits_non_zero_naming_the_fixes_when_a_step_does_not_fit(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "train.py", "--config", "configs/tiny.py", "--workdir", str(tmp_path), "--stage", "gan",
+       "--compile_only", "--topology", "v5e:2x2", "--config.model.resolution=8",
+       "--config.train.gan.batch_size=4194304"],
+      cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  record = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert record["fits"] is False and record["per_device_bytes"] > record["hbm_bytes"], record
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("train.py: the gan step needs") and "smaller batch" in last and "bfloat16" in last, last
