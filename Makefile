@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-tpu256 install bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+# The official 256-px steps compiled for a TPU v5e slice by the real TPU compiler (no TPU needed; 10-18 CPU-minutes
+# and up to 10 GB per step on a CPU, hence not part of `make test`).
+test-tpu256: $(VENV)/.installed
+	IDINVERT_TPU_COMPILE_256=1 $(PY) -m pytest -q -rs tests/test_tpu_compile.py -k ffhq256
 
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py --quick
