@@ -71,20 +71,24 @@ def devices_per_chip(devices: Sequence[jax.Device]) -> int:
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f16": 2, "bf16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
                 "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_COLLECTIVE_RE = re.compile(r"=\s*(\([^=]*?\)|\S+)\s+(" + "|".join(_COLLECTIVES) + r")(-start)?\(")
+# One HLO instruction per line: `%name = <result shape> <op>(operands), attributes`. A result may be a tuple of
+# hundreds of arrays (XLA combines gradient all-reduces) with TPU layouts such as {1,0:T(8,128)}.
+_COLLECTIVE_RE = re.compile(r"^\s*(?:ROOT\s+)?%\S+\s*=\s*(.*?)\s(" + "|".join(_COLLECTIVES) + r")(-start)?\(",
+                            re.MULTILINE)
 _SHAPE_RE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
 
 
 def collectives(hlo_text: str) -> list[tuple[str, list[tuple[str, tuple[int, ...]]]]]:
   """[(op, [(dtype, result shape), ...])] for every collective of a compiled (per-device) HLO module.
 
-  Async '-start' forms return (operands, results) tuples; only the results are kept.
+  Async '-start' forms of all-gather / collective-permute return (operands, results) tuples; only the results are
+  kept.
   """
   found = []
   for shape_text, op, is_async in _COLLECTIVE_RE.findall(hlo_text):
     shapes = [(dtype, tuple(int(d) for d in dims.split(",") if d)) for dtype, dims in _SHAPE_RE.findall(shape_text)]
-    if is_async and len(shapes) >= 2:
-      shapes = shapes[len(shapes) // 2:]
+    if is_async and op != "all-reduce" and len(shapes) >= 2:  # (operands, results[, contexts]): keep the results
+      shapes = shapes[len(shapes) // 2:] if op == "all-gather" else shapes[1:2]
     found.append((op, shapes))
   return found
 
