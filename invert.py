@@ -4,12 +4,22 @@
   python invert.py --checkpoint CKPT --images photos/ --output out/ --num_iterations 50 --precision bfloat16
   python invert.py --checkpoint CKPT --images photos/ --output out/ --config configs/ffhq256.py \
       --config.invert.num_iterations=200
+  python invert.py --config configs/ffhq256.py --compile_only --topology v5e:2x2 --batch_size 16   # TPU, no TPU
 
 The official flag names (--method, --num_iterations, --learning_rate, --loss_weight_feat, --loss_weight_enc,
 --batch_size, --num_results, --precision) override config.invert; unset, the checkpoint's (or --config's)
 values apply, else the official defaults (100 Adam steps, lr 0.01, feat 5e-5, enc 2.0). Reruns on the same
 --output skip images already done; --overwrite redoes them. See idinvert_jax/inversion_folder.py for the layout.
+
+--compile_only compiles the in-domain step (G, E, VGG16 conv4_3, Adam over the codes) with the batch sharded over
+every device, for the host's devices or a TPU topology's (--topology, needs libtpu: pip install -e '.[tpu]'),
+prints the memory per device, FLOPs and a roofline estimate, the largest batch per device that fits (searched by
+compiling: 2-5 compiles), and ends with one JSON line; exit status 1 when --batch_size does not fit. Shapes
+only: --config alone is enough, no --checkpoint, --images or weights.
 """
+import json
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -18,10 +28,10 @@ from idinvert_jax import invert_job
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Optional experiment config file (must match the checkpoint's "
                                 "architecture); allows --config.invert.<field>=value overrides.")
-flags.DEFINE_string("checkpoint", None, "Model checkpoint folder (converter or train.py output).", required=True)
-flags.DEFINE_list("images", None, "Image files, folders of images, or .txt lists (comma or space separated).",
-                  required=True)
-flags.DEFINE_string("output", None, "Output folder.", required=True)
+flags.DEFINE_string("checkpoint", None, "Model checkpoint folder (converter or train.py output). With "
+                    "--compile_only, --config may replace it.")
+flags.DEFINE_list("images", None, "Image files, folders of images, or .txt lists (comma or space separated).")
+flags.DEFINE_string("output", None, "Output folder (not used by --compile_only).")
 flags.DEFINE_enum("method", None, ["indomain", "encoder", "optimize"], "Inversion method (default indomain).")
 flags.DEFINE_integer("num_iterations", None, "Optimisation steps per image (official default 100).")
 flags.DEFINE_float("learning_rate", None, "Adam learning rate (default 0.01).")
@@ -32,9 +42,27 @@ flags.DEFINE_integer("batch_size", None, "Images optimised together (default 8; 
 flags.DEFINE_integer("num_results", None, "Intermediate snapshots per image (default 5).")
 flags.DEFINE_enum("precision", None, ["float32", "bfloat16"], "Compute dtype of G/E/VGG (default float32).")
 flags.DEFINE_boolean("overwrite", False, "Redo images that an earlier run on --output already finished.")
+flags.DEFINE_boolean("compile_only", False, "Compile the inversion step ahead of time for the devices, print "
+                     "memory per device, FLOPs, a roofline estimate and the largest batch per device that fits, end "
+                     "with one JSON line, and exit without inverting (exit status 1 when --batch_size does not "
+                     "fit).")
+flags.DEFINE_string("topology", None, "With --compile_only: compile for this TPU topology instead of the local "
+                    "devices, e.g. v5e:2x2, v5e:16x16, v4:4x4x4 (needs libtpu: pip install -e '.[tpu]'; no TPU "
+                    "needed).")
+flags.DEFINE_boolean("batch_search", True, "With --compile_only: search the largest batch per device that fits "
+                     "by compiling (2-4 more compiles; off: only --batch_size is compiled).")
 
 
 def main(argv):
+  if FLAGS.compile_only:
+    sys.exit(compile_only())
+  if FLAGS.topology:
+    raise SystemExit("invert.py: error: --topology compiles for devices this host does not have; add "
+                     "--compile_only")
+  missing = [f"--{name}" for name in ("checkpoint", "images", "output") if not FLAGS[name].value]
+  if missing:
+    raise SystemExit(f"invert.py: error: {', '.join(missing)} missing; e.g. invert.py --checkpoint CKPT --images "
+                     "photos/ --output out/")
   # Space-separated paths after --images arrive as extra arguments.
   images = list(FLAGS.images) + list(argv[1:])
   overrides = {name: FLAGS[name].value for name in invert_job.OFFICIAL_FLAGS}
@@ -52,6 +80,25 @@ def main(argv):
     print(f"FAILED {path}: {reason}")
   if summary.failed:
     print(f"{len(summary.failed)} input(s) could not be read; listed in {summary.output / 'failed.txt'}.")
+
+
+def compile_only() -> str | None:
+  """--compile_only: the report, the batch search and the JSON line; the error message when it does not fit."""
+  from idinvert_jax import compile_check  # pylint: disable=import-outside-toplevel
+  overrides = {name: FLAGS[name].value for name in invert_job.OFFICIAL_FLAGS}
+
+  def show(report):
+    print("\n".join(report.lines()), flush=True)
+
+  try:
+    report, found = invert_job.compile_check(FLAGS.checkpoint, FLAGS.config, overrides, topology=FLAGS.topology,
+                                             search=FLAGS.batch_search, on_report=show)
+  except (ValueError, FileNotFoundError) as e:  # No libtpu, unknown topology, batch not divisible: one line.
+    return f"invert.py: error: {e}"
+  print(found.line())
+  print(json.dumps({**report.summary(), "largest_batch_per_device": found.largest,
+                    "largest_batch_exact": found.exact}), flush=True)
+  return None if report.fits else compile_check.does_not_fit_message(report, "invert.py")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -38,11 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 def generator_difference(resolution: int, num_codes: int, seed: int = 0) -> dict:
   """max / mean |G_bf16(w) - G_f32(w)| for random official-architecture weights and codes from its mapping."""
   from configs import common  # pylint: disable=import-outside-toplevel
-  from idinvert_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from idinvert_jax import export  # pylint: disable=import-outside-toplevel
   from idinvert_jax.metrics import reconstruction  # pylint: disable=import-outside-toplevel
   from idinvert_jax.models import generator as generator_lib  # pylint: disable=import-outside-toplevel
   config = common.get_config(resolution=resolution)
-  models = checkpoint.create_models(config, jax.random.PRNGKey(seed), names=("generator",))
+  models = export.create_models(config, jax.random.PRNGKey(seed), names=("generator",))
   G, variables = models.generator, models.generator_vars
   z = jax.random.normal(jax.random.PRNGKey(seed + 1), (num_codes, G.z_dim), jnp.float32)
   wp = generator_lib.mapping(G, variables, z)
@@ -58,18 +57,17 @@ def generator_difference(resolution: int, num_codes: int, seed: int = 0) -> dict
 
 def inversion_difference(iterations: int) -> dict:
   """PSNR after `iterations` in-domain steps on the demo checkpoint's six example faces, float32 vs bfloat16."""
-  from idinvert_jax import checkpoint, demo, inversion  # pylint: disable=import-outside-toplevel
+  from idinvert_jax import demo, export, inversion  # pylint: disable=import-outside-toplevel
   from idinvert_jax.data import load_images  # pylint: disable=import-outside-toplevel
   from idinvert_jax.metrics import reconstruction  # pylint: disable=import-outside-toplevel
-  models = checkpoint.load_models(demo.DEFAULT_CHECKPOINT)
+  models = export.load_models(demo.DEFAULT_CHECKPOINT)
   paths = sorted(demo.DEFAULT_IMAGES.glob("*.png"))
   _, images, failures = load_images(paths, int(models.config.model.resolution))
   if failures:
     raise SystemExit(f"bench_precision: could not read {failures}")
   out = {}
   for name in precision.PRECISIONS:
-    settings = inversion.get_invert_config()
-    settings.num_iterations, settings.num_results, settings.precision = iterations, 0, name
+    settings = inversion.InvertSettings(num_iterations=iterations, num_results=0, precision=name)
     start = time.perf_counter()
     result = inversion.invert(images, models, settings, progress=False, devices=jax.devices()[:1])
     out[name] = dict(psnr=np.asarray(reconstruction.psnr(images, result.reconstructions)),
@@ -92,7 +90,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   resolution = args.resolution or (64 if args.quick else 256)
   iterations = args.iterations or (20 if args.quick else 100)
-  from machine import cpu_model  # pylint: disable=import-outside-toplevel  (bench/machine.py)
+  from idinvert_jax.machine import cpu_model  # pylint: disable=import-outside-toplevel
   print(f"machine: {cpu_model()}, {os.cpu_count()} cores, jax {jax.__version__} on "
         f"{jax.devices()[0].device_kind}", flush=True)
   g = generator_difference(resolution, args.codes)

@@ -88,6 +88,8 @@ def get_train_config() -> ml_collections.ConfigDict:
   gan.style_mixing_prob = 0.9           # style mixing regularisation probability
   gan.ema_kimg = 10.0                   # G_smoothing_kimg: EMA half-life of the generator weights
   gan.w_avg_beta = 0.995                # dlatent_avg_beta: decay of the tracked w_avg (truncation centre)
+  gan.precision = "float32"             # compute dtype of G and D (official: float32); 'bfloat16' keeps parameters,
+  #                                       EMA and Adam state float32 (idinvert_jax/precision.py, configs/ffhq256_pod.py)
 
   enc = train.encoder = ml_collections.ConfigDict()
   enc.batch_size = 32                   # official: 16 per GPU x 8 GPUs = 128
@@ -109,6 +111,7 @@ def get_train_config() -> ml_collections.ConfigDict:
   enc.adam_b2 = 0.99                    # beta2 0.99
   enc.lambda_vgg = 5e-5                 # E_loss feature_scale 0.00005 (paper: lambda_vgg); 0 without VGG16 weights
   enc.lambda_adv = 0.08                 # E_loss D_scale 0.08 (paper: lambda_adv)
+  enc.precision = "float32"             # compute dtype of E, G, D and VGG16, as gan.precision
   enc.generator_checkpoint = ""         # the frozen generator: '' = this workdir's export/ of stage 1
   return train
 

@@ -156,8 +156,8 @@ class CompileReport:
       out.append(f"  the compiler refused it: {self.error}")
     else:
       out.append(f"  memory per device: arguments {gib(m.get('argument_size_in_bytes', 0))}, outputs "
-                 f"{gib(m.get('output_size_in_bytes', 0))} (aliased with arguments {gib(m.get('alias_size_in_bytes', 0))}"
-                 f"), temporaries {gib(m.get('temp_size_in_bytes', 0))}, code "
+                 f"{gib(m.get('output_size_in_bytes', 0))} (aliased with arguments "
+                 f"{gib(m.get('alias_size_in_bytes', 0))}), temporaries {gib(m.get('temp_size_in_bytes', 0))}, code "
                  f"{gib(m.get('generated_code_size_in_bytes', 0))}")
     hbm = f" of {gib(self.hbm_bytes)} HBM" if self.hbm_bytes else " (device memory unknown)"
     out.append(f"  total {gib(self.per_device_bytes)} per device{hbm}: {'fits' if self.fits else 'DOES NOT FIT'}")
@@ -249,6 +249,67 @@ def _device_memory_limit(device: jax.Device) -> int | None:
     return None
   limit = stats.get("bytes_limit")
   return int(limit) if limit else None
+
+
+@dataclasses.dataclass
+class BatchSearch:
+  """The largest batch per device that fits, found by compiling (`largest_batch_per_device`)."""
+  largest: int | None            # None: unknown (no memory limit) or not even the smallest batch fits
+  exact: bool                    # True when `largest` fits and `largest + 1` was compiled and does not
+  reports: dict                  # batch per device -> CompileReport of every compile made
+
+  def line(self) -> str:
+    tried = ", ".join(f"{b}: {r.per_device_bytes / 2**30:.2f} GiB {'fits' if r.fits else 'does not fit'}"
+                      for b, r in sorted(self.reports.items()))
+    if self.largest is None:
+      why = ("the devices report no memory limit" if all(r.hbm_bytes is None for r in self.reports.values())
+             else "not even the smallest batch compiled fits")
+      return f"largest batch per device that fits: unknown, {why} ({tried})"
+    bound = "" if self.exact else "at least "
+    return f"largest batch per device that fits: {bound}{self.largest} (compiled {len(self.reports)}x: {tried})"
+
+
+def largest_batch_per_device(report_at: Callable[[int], CompileReport], first: CompileReport,
+                             max_compiles: int = 4) -> BatchSearch:
+  """Searches the largest batch per device whose step fits the device's memory, by compiling.
+
+  `report_at(b)` compiles for a batch of b per device; `first` is a report made already. Memory grows about
+  linearly with the batch (fixed: weights, optimiser state, code; per image: activations): the first probe
+  extrapolates from `first`, later ones interpolate between the largest batch that fits and the smallest that
+  does not (the midpoint when the last two probes fell on the same side), until the two are neighbours or
+  `max_compiles` more compiles are made (a program that does not fit is refused within seconds).
+  """
+  per_device = lambda r: r.global_batch // r.devices
+  reports = {per_device(first): first}
+  if first.hbm_bytes is None:
+    return BatchSearch(None, False, reports)
+  hbm, sides = first.hbm_bytes, []
+  for _ in range(max_compiles):
+    fits = [b for b, r in reports.items() if r.fits]
+    over = [b for b, r in reports.items() if not r.fits]
+    low, high = max(fits, default=0), min(over, default=None)
+    if high is not None and high <= low + 1:
+      break
+    if high is None:  # extrapolate: the arguments and code are fixed, the rest grows with the batch
+      r = reports[low]
+      fixed = r.memory.get("argument_size_in_bytes", 0) + r.memory.get("generated_code_size_in_bytes", 0)
+      per_image = max(r.per_device_bytes - fixed, 1) / low
+      probe = max(int((hbm - fixed) // per_image), low + 1)
+    elif len(sides) >= 2 and sides[-1] == sides[-2] or low == 0:
+      probe = (low + high) // 2 if low else max(high // 2, 1)
+    else:
+      m_low, m_high = reports[low].per_device_bytes, reports[high].per_device_bytes
+      slope = (m_high - m_low) / (high - low)
+      probe = low + int((hbm - m_low) // slope) if slope > 0 else (low + high) // 2
+    probe = min(max(probe, low + 1), high - 1) if high is not None else probe
+    reports[probe] = report_at(probe)
+    sides.append(reports[probe].fits)
+  fits = [b for b, r in reports.items() if r.fits]
+  over = [b for b, r in reports.items() if not r.fits]
+  if not fits:
+    return BatchSearch(None, False, reports)
+  largest = max(fits)
+  return BatchSearch(largest, bool(over) and min(over) == largest + 1, reports)
 
 
 def does_not_fit_message(report: CompileReport, what: str) -> str:

@@ -98,6 +98,19 @@ def create_models(config: ml_collections.ConfigDict, rng: jax.Array,
   return models
 
 
+def abstract_models(config: ml_collections.ConfigDict,
+                    names: Iterable[str] = ("generator", "encoder", "perceptual")) -> Models:
+  """A Models bundle for `names` whose variables are shapes only (jax.ShapeDtypeStruct; nothing is computed or
+  allocated): what compile checks need (`invert.py --compile_only --config ...`, train.py's encoder stage)."""
+  models = Models(config=config)
+  for name in names:
+    module = build_module(name, config.model)
+    setattr(models, name, module)
+    # pylint: disable-next=cell-var-from-loop  (called at once)
+    setattr(models, f"{name}_vars", jax.eval_shape(lambda: init_variables(name, module, jax.random.PRNGKey(0))))
+  return models
+
+
 def _to_numpy_tree(tree):
   return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 

@@ -30,7 +30,8 @@ optimisation loop runs on device in chunks of `chunk_size` steps (one compiled s
 host sync inside a chunk; a lax.fori_loop was ~3x slower on XLA:CPU, measured at 64 and 256 px, see
 `_Engine.run_chunk`); progress is shown between chunks. The batch axis is sharded over the 'data' axis of a mesh
 from `training.mesh`; batches are padded to a multiple of the device count and the padding is dropped from the
-results.
+results. `lower_step` lowers the same step from shapes alone (no weights, no devices needed: a TPU topology's
+devices from `compile_check.topology_devices` will do), for `invert.py --compile_only`.
 
 Snapshots: `snapshots[k] = (step, G(w_step))` where `w_step` is the code after `step` Adam updates, at the
 official `--num_results` steps (every `num_iterations // num_results` steps and the last one). The official
@@ -260,8 +261,10 @@ def model_fns(models) -> ModelFns:
   variables = {"generator": models.generator_vars, "encoder": models.encoder_vars,
                "perceptual": models.perceptual_vars}
   w_avg = _find_leaf(models.generator_vars.get("buffers"), "w_avg")
+  if w_avg is not None and not isinstance(w_avg, jax.ShapeDtypeStruct):  # shapes only: see lower_step
+    w_avg = np.asarray(w_avg, np.float32)
   return ModelFns(synthesize, encode, features, variables, generator_lib.num_wp_layers(resolution), w_dim,
-                  resolution, None if w_avg is None else np.asarray(w_avg, np.float32))
+                  resolution, w_avg)
 
 
 def check_models(fns: ModelFns, settings: InvertSettings | None = None) -> None:
@@ -397,8 +400,10 @@ class _Engine:
     # The weights (and w_avg) are compile-time constants: XLA then folds the weight-only work (equalised-LR
     # scales, kernel flips and layouts for the backward convolutions) once instead of every step; measured 2.7x
     # faster per step at 256 px on CPU than passing them as arguments. An engine therefore serves one set of
-    # weights, and its Inverter keeps it.
-    self.variables = self._device_variables()
+    # weights, and its Inverter keeps it. Models given as shapes only (export.abstract_models) have nothing to
+    # place: such an engine can only `lower_step` (also for a TPU topology's devices, which hold no arrays).
+    shapes_only = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(fns.variables))
+    self.variables = None if shapes_only else self._device_variables()
 
     def baked(fn, in_shardings):
       return jax.jit(lambda *args: fn(self.variables, *args), in_shardings=in_shardings, out_shardings=batch)
@@ -411,12 +416,38 @@ class _Engine:
 
   def _device_variables(self):
     """The models' variables in the compute dtype plus w_avg, replicated over the mesh."""
-    fns = self.fns
-    v = fns.variables
+    w_avg = self.fns.w_avg if self.fns.w_avg is not None else np.zeros((self.fns.w_dim,), np.float32)
+    return jax.device_put(self._for_compute(self.fns.variables, np.asarray(w_avg, np.float32)), self.replicated)
+
+  def _for_compute(self, variables, w_avg):
+    """The variables the programs use: the models' in the compute dtype, plus w_avg (float32)."""
     if self.program.precision != "float32":
-      v = _cast_floating(v, jnp.dtype(self.program.precision))
-    w_avg = fns.w_avg if fns.w_avg is not None else np.zeros((fns.w_dim,), np.float32)
-    return jax.device_put({**v, "w_avg": np.asarray(w_avg, np.float32)}, self.replicated)
+      variables = _cast_floating(variables, jnp.dtype(self.program.precision))
+    return {**variables, "w_avg": w_avg}
+
+  def lower_step(self, batch_size: int) -> jax.stages.Lowered:
+    """The optimisation step for `batch_size` images sharded over the mesh, lowered from shapes alone.
+
+    The very function `step` runs (G, E, VGG16 and the per-image Adam update of the codes), with the same batch
+    sharding; the models' variables are replicated arguments here instead of the constants `step` bakes in
+    (their shapes are all a compile check has). `.compile()` gives the program's memory and FLOPs per device.
+    """
+    fns, n = self.fns, int(batch_size)
+    variables = jax.eval_shape(self._for_compute, fns.variables, jax.ShapeDtypeStruct((fns.w_dim,), jnp.float32))
+    images = jax.ShapeDtypeStruct((n, fns.resolution, fns.resolution, 3), jnp.float32)
+    masks = jax.ShapeDtypeStruct(images.shape[:3] + (1,), jnp.float32)
+    prepared = jax.eval_shape(self._prepare, variables, images, masks)
+    hyper = _Hyper(*[jax.ShapeDtypeStruct((n,), jnp.float32)] * len(_Hyper._fields))
+    batch = dict(targets=images, feats=prepared["feats"], masks=masks, hyper=hyper)
+    state = dict(w=prepared["w"], opt_state=prepared["opt_state"])
+
+    def placed(tree, sharding):
+      return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+    step = jax.jit(self._state_step, in_shardings=(self.replicated, self.batch_sharding, self.batch_sharding),
+                   out_shardings=self.batch_sharding)
+    return step.lower(placed(variables, self.replicated), placed(state, self.batch_sharding),
+                      placed(batch, self.batch_sharding))
 
   def batch(self, s: InvertSettings, targets, feats, masks) -> dict:
     """The step's per-image inputs: device targets, target features and masks, plus s's runtime weights."""
@@ -651,6 +682,23 @@ def invert(images, models, settings: InvertSettings | ml_collections.ConfigDict,
     InversionResult (numpy arrays, input order).
   """
   return as_inverter(models).invert(images, settings, mask=mask, progress=progress, devices=devices)
+
+
+def lower_step(models, settings: InvertSettings | ml_collections.ConfigDict, devices: Sequence[jax.Device],
+               batch_size: int) -> jax.stages.Lowered:
+  """The engine's optimisation step for `batch_size` images sharded over `devices`, lowered (nothing runs).
+
+  `models` as for `invert`; its variables may be shapes only (`export.abstract_models`), and `devices` those of a
+  TPU topology (`compile_check.topology_devices`). `batch_size` must be a multiple of len(devices).
+  """
+  devices = list(devices)
+  if batch_size <= 0 or batch_size % len(devices):
+    raise InversionError(f"invert: batch size {batch_size} does not split over {len(devices)} devices; use a "
+                         f"multiple of {len(devices)}.")
+  inverter = as_inverter(models)
+  s = _for_models(as_settings(settings), inverter.fns)
+  check_models(inverter.fns, s)
+  return inverter.engine(s, devices).lower_step(batch_size)
 
 
 def loss_and_grad(codes, images, models, settings: InvertSettings | ml_collections.ConfigDict, mask=None,

@@ -182,3 +182,59 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
            for k in ("mse", "psnr", "ssim", "perceptual", "seconds")}
   return InversionSummary(output=output, num_done=len(rows), num_inverted=len(sources) - skipped - len(failed),
                           num_skipped=skipped, failed=failed, mean_metrics=means)
+
+
+def compile_check(checkpoint: str | Path | None, config: ml_collections.ConfigDict | None = None,
+                  overrides: dict[str, Any] | None = None, topology: str | None = None, search: bool = True,
+                  on_report=None):
+  """`invert.py --compile_only`: compiles the inversion step for every device and reports what it needs.
+
+  The step is the engine's own (`inversion.lower_step`: G, E and VGG16 conv4_3 forward and backward, Adam over
+  the codes) for the global batch `overrides['batch_size']` (else config.invert.batch_size) sharded over all
+  devices: the host's, or those of TPU topology `topology` (no TPU needed). Only shapes are used: `checkpoint`
+  may be None when `config` is given (its model section). Without VGG16 weights the perceptual term is compiled
+  anyway (from the architecture), as a run with the official weights has it.
+
+  Returns (CompileReport of the requested batch, compile_check.BatchSearch: the largest batch per device that
+  fits, searched by compiling when `search` and the device memory is known). `on_report(report)` is called after
+  each compile (progress).
+  """
+  from idinvert_jax import compile_check as check_lib  # pylint: disable=import-outside-toplevel
+  from idinvert_jax import export  # pylint: disable=import-outside-toplevel
+  devices = check_lib.topology_devices(topology) if topology else jax.devices()
+  if checkpoint:
+    models = load_job_models(checkpoint, config)
+    for name in models.names():  # shapes only: nothing is put on the devices
+      setattr(models, f"{name}_vars", jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype),
+                                                   getattr(models, f"{name}_vars")))
+    if models.perceptual_vars is None:
+      shapes = export.abstract_models(models.config, ("perceptual",))
+      models.perceptual, models.perceptual_vars = shapes.perceptual, shapes.perceptual_vars
+  elif config is not None:
+    models = export.abstract_models(config)
+  else:
+    raise InvertJobError("--compile_only needs the model shapes: pass --checkpoint CKPT or --config "
+                         "configs/ffhq256.py")
+  settings = inversion.InvertSettings.from_config(config if config is not None else models.config,
+                                                  **(overrides or {}))
+  if not settings.optimises:
+    raise InvertJobError(f"--compile_only checks the optimisation step; method {settings.method!r} has none (use "
+                         "--method indomain or optimize)")
+  inverter = inversion.Inverter(models)
+  topology_name = topology or f"host:{devices[0].platform}"
+
+  def report_at(per_device: int):
+    report = check_lib.compile_and_report(
+        lambda: inversion.lower_step(inverter, settings, devices, per_device * len(devices)), devices,
+        topology=topology_name, stage="invert", global_batch=per_device * len(devices),
+        precision=settings.precision)
+    if on_report is not None:
+      on_report(report)
+    return report
+
+  if settings.batch_size % len(devices):
+    raise InvertJobError(f"--batch_size {settings.batch_size} does not split over the {len(devices)} devices of "
+                         f"{topology_name}; use a multiple of {len(devices)}")
+  first = report_at(settings.batch_size // len(devices))
+  found = check_lib.largest_batch_per_device(report_at, first, max_compiles=4 if search else 0)
+  return first, found

@@ -133,3 +133,21 @@ def test_invert_py_reports_a_missing_checkpoint_in_one_line(tmp_path):
   assert proc.returncode != 0
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("invert.py: error:") and "does not exist" in last, proc.stderr[-2000:]
+
+
+def test_folder_inversion_splits_each_batch_over_all_8_devices(tmp_path, ckpt, image_dir, monkeypatch):
+  # invert.py's job with no device choice: every batch's codes and Adam states live 1/8 on each device.
+  assert len(jax.devices()) == 8
+  seen = []
+  run_chunk = inversion._Engine.run_chunk  # pylint: disable=protected-access
+
+  def spy(self, state, batch, num_steps):
+    seen.append((state["w"].shape, state["w"].sharding, batch["targets"].sharding))
+    return run_chunk(self, state, batch, num_steps)
+
+  monkeypatch.setattr(inversion._Engine, "run_chunk", spy)  # pylint: disable=protected-access
+  summary = invert_job.run_inversion(ckpt, [image_dir], tmp_path / "out", overrides=SETTINGS, progress=False)
+  assert summary.num_done == 3 and seen
+  for shape, codes, targets in seen:
+    assert shape[0] == 8 and len(codes.device_set) == 8 and len(targets.device_set) == 8  # batch 2 padded to 8
+    assert codes.shard_shape(shape)[0] == 1 and tuple(codes.spec)[0] == "data"

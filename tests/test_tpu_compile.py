@@ -24,6 +24,9 @@ pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e '.
 from configs import ffhq256  # noqa: E402
 from configs import tiny  # noqa: E402
 from idinvert_jax import compile_check  # noqa: E402
+from idinvert_jax import export  # noqa: E402
+from idinvert_jax import inversion  # noqa: E402
+from idinvert_jax import invert_job  # noqa: E402
 from idinvert_jax import training  # noqa: E402
 from idinvert_jax.training import mesh as mesh_lib  # noqa: E402
 
@@ -96,6 +99,13 @@ def test_train_steps_compile_for_a_v5e_slice_with_the_cli_report(stage):
 
 
 @needs_256
+def test_ffhq256_inversion_step_fits_a_v5e_chip():
+  first, found = invert_job.compile_check(None, ffhq256.get_config(), {"batch_size": 16}, topology="v5e:2x2")
+  assert first.fits and first.global_batch == 16 and first.flops_per_device > 1e11, first.lines()
+  assert found.largest and found.largest >= 4 and found.reports[found.largest].fits
+
+
+@needs_256
 @pytest.mark.parametrize("stage", ["gan", "encoder"])
 def test_ffhq256_train_steps_fit_a_v5e_chip(stage):
   report = training.compile_report(ffhq256_config(stage), stage, topology_mesh(V5E), topology=V5E)
@@ -104,6 +114,33 @@ def test_ffhq256_train_steps_fit_a_v5e_chip(stage):
   assert report.memory["argument_size_in_bytes"] > 0.3 * 2**30
   assert report.flops_per_device > 1e11 and report.estimated_step_s > 0
   assert report.collective_bytes_per_device > 0
+
+
+def test_ffhq256_inversion_step_lowered_for_tpu_uses_convolutions_not_the_cpu_products():
+  config = ffhq256.get_config()
+  models = export.abstract_models(config)  # shapes only: no weights
+  settings = inversion.InvertSettings.from_config(config)
+  counts = {}
+  for name, devices in (("tpu", compile_check.topology_devices(V5E)), ("cpu", jax.devices()[:1])):
+    counts[name] = op_counts(inversion.lower_step(models, settings, devices, len(devices)).as_text())
+  assert counts["tpu"]["convolution"] > counts["cpu"]["convolution"] > 0, counts
+  assert counts["tpu"]["dot_general"] < counts["cpu"]["dot_general"], counts
+
+
+def test_invert_py_compile_only_shards_the_batch_over_a_v5e_slice():
+  # The CLI's code path from a config alone (no checkpoint, no weights): the in-domain step for 16 images over
+  # the 4 chips of v5e:2x2, with G, E and VGG16 in it.
+  proc = subprocess.run(
+      [sys.executable, "invert.py", "--config", "configs/tiny.py", "--config.model.resolution=16", "--compile_only",
+       "--topology", "v5e:2x2", "--batch_size", "16", "--nobatch_search"],
+      cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  record = json.loads(lines[-1])
+  assert record["topology"] == "v5e:2x2" and record["stage"] == "invert" and record["devices"] == 4
+  assert record["fits"] is True and record["global_batch"] == 16 and record["hbm_bytes"] == V5E_HBM
+  assert record["flops_per_step"] > 0 and record["estimated_step_s"] > 0
+  assert "4 per device" in lines[0] and lines[-2].startswith("largest batch per device that fits: 4 "), lines
 
 
 def test_v4_topology_compiles_with_v4_memory():

@@ -147,12 +147,9 @@ def compiled_stats(compiled) -> dict[str, Any]:
 def abstract_frozen_models(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Shapes (jax.ShapeDtypeStruct) of the encoder stage's frozen generator and of VGG16, for compile checks."""
   from idinvert_jax import export  # pylint: disable=import-outside-toplevel
-
-  def shapes(name):
-    module = export.build_module(name, config.model)
-    return module, jax.eval_shape(lambda: export.init_variables(name, module, jax.random.PRNGKey(0)))
-
-  return {"generator_vars": shapes("generator")[1], "discriminator_vars": None, "perceptual": shapes("perceptual")}
+  models = export.abstract_models(config, ("generator", "perceptual"))
+  return {"generator_vars": models.generator_vars, "discriminator_vars": None,
+          "perceptual": (models.perceptual, models.perceptual_vars)}
 
 
 def random_frozen_models(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, Any]:
