@@ -6,7 +6,8 @@ Cost, measured on the 2-core CI-class machine (CPU seconds of the TPU compiler):
 10-18 CPU-minutes and 6-10 GB each to compile (GAN 609 s, encoder 1073 s for v5e:4x4), so the suite compiles the
 real code paths at the tiny config, checks the 256-px programs by lowering them (seconds: which operations, which
 shardings), and compiles the 256-px steps themselves only with IDINVERT_TPU_COMPILE_256=1 (`make test-tpu256`).
-Compiles here use JAX's default matmul precision, as the CLIs do (conftest's float32 would compile multi-pass
+The inversion step is compiled through invert.py itself at a 16-px tiny config (one compile, 1-3 minutes on a
+busy 2-core machine) and lowered at 256 px. Compiles here use JAX's default matmul precision, as the CLIs do (conftest's float32 would compile multi-pass
 float32 convolutions on TPU: another program, ~6x slower to compile).
 """
 import json
