@@ -53,6 +53,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   e.channels_base = 64                  # idinvert_pytorch StyleGANEncoderNet encoder_channels_base 64
   e.channels_max = 1024                 # encoder_channels_max 1024 (the TF encoder of genforce/idinvert is laid
   #                                       out differently; the released .pth files are this architecture)
+  e.normalization = "batch"             # BatchNorm after every conv, as both official encoders ('none': the
+  #                                       encoder study's ablation, each BatchNorm replaced by a bias)
 
   p = model.perceptual = ml_collections.ConfigDict()
   p.weights = ""                        # vgg16.pth or Keras ..._notop.h5 ('' = none: perceptual terms off, warned)
