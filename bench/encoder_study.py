@@ -53,7 +53,7 @@ class Variant:
 
 CURRENT = (("train.encoder.learning_rate", 1e-3),)
 BEST = CURRENT + (("train.encoder.lr_schedule", "cosine"), ("train.encoder.warmup_steps", 250),
-                  ("train.encoder.lambda_adv", 0.02), ("train.encoder.lambda_dfeat", 2.0))
+                  ("train.encoder.lambda_adv", 0.02), ("train.encoder.lambda_dfeat", 1.0))
 
 VARIANTS = [
     Variant("official", "official recipe: lr 1e-4, x0.8 every quarter, lambda_adv 0.08, BatchNorm, 16..128 ch"),
@@ -65,9 +65,9 @@ VARIANTS = [
     Variant("no_bn", "lr 1e-3, no BatchNorm (biases instead)", CURRENT + (("model.encoder.normalization", "none"),)),
     Variant("wide", "lr 1e-3, encoder 32..256 channels (2x)", CURRENT + (
         ("model.encoder.channels_base", 32), ("model.encoder.channels_max", 256))),
-    Variant("dfeat", "lr 1e-3, + D-feature perceptual term (lambda_dfeat 2)", CURRENT + (
-        ("train.encoder.lambda_dfeat", 2.0),)),
-    Variant("best_2.5k", "combined: cosine, lambda_adv 0.02, lambda_dfeat 2; 2,500 steps", BEST),
+    Variant("dfeat", "lr 1e-3, + D-feature perceptual term (lambda_dfeat 1)", CURRENT + (
+        ("train.encoder.lambda_dfeat", 1.0),)),
+    Variant("best_2.5k", "combined: cosine, lambda_adv 0.02, lambda_dfeat 1; 2,500 steps", BEST),
     Variant("best_10k", "combined, 10,000 steps", BEST + (("train.encoder.num_steps", 10000),)),
     Variant("best_20k", "combined, 20,000 steps", BEST + (("train.encoder.num_steps", 20000),)),
 ]
@@ -190,6 +190,8 @@ def plot(table: list[dict], baseline: dict, path: Path) -> None:
     right.set_ylabel("PSNR (dB)")
     right.set_title("combined recipe: training length")
     right.legend(fontsize=8)
+  else:
+    right.axis("off")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 
