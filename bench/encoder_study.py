@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -43,9 +44,17 @@ REFERENCE = {"train.encoder.learning_rate": 1e-4, "train.encoder.lr_schedule": "
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
+  """One row. Rows with the same `run` share one training run that continues from the previous row's steps
+  (a constant learning rate makes that the same as separate runs of each length); each is evaluated on a copy
+  of the export at its length."""
   name: str
   what: str
   changes: tuple = ()  # (key, value) pairs changed against REFERENCE
+  run: str = ""        # shared training folder ('' = its own, named after the variant)
+
+  @property
+  def folder(self) -> str:
+    return self.run or self.name
 
   def settings(self) -> dict:
     return dict(REFERENCE, **dict(self.changes))
@@ -105,14 +114,22 @@ def trained_steps(workdir: Path) -> int:
   return int((info.get("encoder") or {}).get("step", 0)) if isinstance(info, dict) else 0
 
 
-def train_variant(variant: Variant, gan: Path, workdir: Path, config: str, max_steps: int = 0) -> dict:
+def train_variant(variant: Variant, gan: Path, workdir: Path, config: str, max_steps: int = 0) -> tuple[dict, Path]:
+  """Trains (or resumes) the variant's run up to its steps; returns its record and the checkpoint to evaluate."""
   record_path = workdir / "study.json"
   record = read_json(record_path, {"cpu_seconds": 0.0, "wall_seconds": 0.0})
   settings = variant.settings()
   if max_steps:
-    settings["train.encoder.num_steps"] = min(max_steps, settings["train.encoder.num_steps"])
-    settings["train.encoder.warmup_steps"] = min(settings["train.encoder.warmup_steps"], max_steps // 2)
+    scale = max_steps / REFERENCE["train.encoder.num_steps"]
+    settings["train.encoder.num_steps"] = max(2, int(settings["train.encoder.num_steps"] * scale))
+    settings["train.encoder.warmup_steps"] = int(settings["train.encoder.warmup_steps"] * scale)
   steps = int(settings["train.encoder.num_steps"])
+  snapshot = workdir / f"export_{steps}"
+  if variant.run and snapshot.is_dir():
+    return read_json(snapshot / "study.json", record), snapshot
+  if trained_steps(workdir) > steps:
+    raise SystemExit(f"encoder_study: {workdir} is trained past {steps} steps but has no {snapshot.name}; "
+                     f"remove {workdir} to rerun {variant.name}")
   if trained_steps(workdir) < steps:
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -124,7 +141,15 @@ def train_variant(variant: Variant, gan: Path, workdir: Path, config: str, max_s
     record["wall_seconds"] += time.time() - start
     record.update(variant=variant.name, what=variant.what, settings=settings)
     write_json(record_path, record)
-  return record
+  if not variant.run:
+    return record, workdir
+  # A shared run goes on past this row: keep this length's export (and its CPU time so far) for evaluation.
+  tmp = workdir / f"{snapshot.name}.tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  shutil.copytree(workdir / "export", tmp)
+  write_json(tmp / "study.json", dict(record, variant=variant.name, what=variant.what, settings=settings))
+  os.replace(tmp, snapshot)
+  return read_json(snapshot / "study.json", record), snapshot
 
 
 def evaluate(checkpoint: Path, images: str, output: Path, methods: str, extra: list[str], log: Path) -> list[dict]:
@@ -219,9 +244,9 @@ def main() -> None:
                              ["--optimize_steps=100", *n], workdir / "baseline.log"), "optimize_100")
   table = []
   for variant in chosen:
-    record = train_variant(variant, gan, workdir / variant.name, args.config, args.max_steps)
-    rows = evaluate(workdir / variant.name, args.images, workdir / variant.name / "eval", "encoder,indomain",
-                    ["--lambda_enc=0,2", *n], workdir / variant.name / "study.log")
+    record, checkpoint = train_variant(variant, gan, workdir / variant.folder, args.config, args.max_steps)
+    rows = evaluate(checkpoint, args.images, workdir / variant.folder / f"eval_{variant.name}", "encoder,indomain",
+                    ["--lambda_enc=0,2", *n], workdir / variant.folder / "study.log")
     table.append(summarise(variant, record, rows))
     print(f"{variant.name:10s} encoder {table[-1]['encoder_psnr']:.2f} dB, in-domain lam2 "
           f"{table[-1]['indomain2_psnr']:.2f} dB, {table[-1]['cpu_minutes']:.0f} CPU min", flush=True)
