@@ -38,6 +38,7 @@ import machine  # pylint: disable=wrong-import-position
 # Every variant sets every factor of the study explicitly, so a row does not change when the config's recipe does.
 REFERENCE = {"train.encoder.learning_rate": 1e-4, "train.encoder.lr_schedule": "staircase",
              "train.encoder.warmup_steps": 0, "train.encoder.lambda_adv": 0.08, "train.encoder.lambda_dfeat": 0.0,
+             "train.encoder.train_bn_scale": False,
              "model.encoder.normalization": "batch", "model.encoder.channels_base": 16,
              "model.encoder.channels_max": 128, "train.encoder.num_steps": 2500}
 
@@ -67,6 +68,8 @@ BEST = CURRENT + (("train.encoder.lr_schedule", "cosine"), ("train.encoder.warmu
 VARIANTS = [
     Variant("official", "official recipe: lr 1e-4, x0.8 every quarter, lambda_adv 0.08, BatchNorm, 16..128 ch"),
     Variant("lr1e-3", "lr 1e-3 (configs/celeba64.py until this study)", CURRENT),
+    Variant("bn_scale", "lr 1e-3, BatchNorm scales trained (as the official TF code)", CURRENT + (
+        ("train.encoder.train_bn_scale", True),)),
     Variant("cosine", "lr 1e-3, 250 warm-up steps + cosine decay", CURRENT + (
         ("train.encoder.lr_schedule", "cosine"), ("train.encoder.warmup_steps", 250))),
     Variant("adv0.02", "lr 1e-3, lambda_adv 0.02 (1/4 of official)", CURRENT + (("train.encoder.lambda_adv", 0.02),)),

@@ -203,3 +203,26 @@ def test_a_nan_stops_the_encoder_stage_at_the_last_good_checkpoint(frozen, image
     loop.run(stage, config=config, workdir=str(tmp_path), data_iterator=arrays.ArrayBatches(images, 8, trainer.mesh),
              num_steps=6, batch_size=8, checkpoint_every=2, log_every=1, show_progress=False)
   assert sorted(p.name for p in (tmp_path / "checkpoints" / "encoder").iterdir() if p.name.isdigit()) == ["2"]
+
+
+def test_train_bn_scale_trains_every_batchnorm_gamma(frozen, images):
+  """The official TF encoder trains gamma; with train_bn_scale the scales (kept in batch_stats) move."""
+  results = {}
+  for train_scale in (False, True):
+    config = encoder_config(train_bn_scale=train_scale)
+    trainer = encoder_training.EncoderTrainer(config, mesh_lib.make_mesh(None), **frozen)
+    state = trainer.init_state()
+    batches = arrays.ArrayBatches(images, 8, trainer.mesh)
+    for _ in range(3):
+      state, _ = trainer.run_step(state, next(batches))
+    stats = jax.tree.map(np.asarray, jax.device_get(state["encoder"]["batch_stats"]))
+    results[train_scale] = stats
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
+  frozen_scales = {k: v for k, v in traverse_util.flatten_dict(results[False], sep="/").items() if k.endswith("scale")}
+  trained_scales = {k: v for k, v in traverse_util.flatten_dict(results[True], sep="/").items() if k.endswith("scale")}
+  assert frozen_scales.keys() == trained_scales.keys() and len(trained_scales) >= 3
+  assert all(np.all(v == 1.0) for v in frozen_scales.values())
+  moved = [k for k, v in trained_scales.items() if np.max(np.abs(v - 1.0)) > 1e-4]
+  assert sorted(moved) == sorted(trained_scales), moved  # every gamma, the last BN's included
+  # Running statistics are still updated (the scale is written back next to them, not instead of them).
+  assert np.max(np.abs(results[True]["block0_bn"]["mean"])) > 1e-4

@@ -42,7 +42,8 @@ def get_train_config(stage: str) -> ml_collections.ConfigDict:
   encoder: Adam(0.9, 0.99, 1e-8) for E and D, lr 1e-4 x0.8 every quarter of training (lr_schedule
            'staircase'; also 'constant' and 'cosine', with warmup_steps), lambda_vgg 5e-5 (0 without VGG16
            weights), lambda_adv 0.08, R1 gamma 10; generator from generator_checkpoint ('' = this workdir's
-           export/ of stage 1). Not in the paper (0 = off): lambda_dfeat, a perceptual term in the frozen stage-1
+           export/ of stage 1). train_bn_scale: also train every BatchNorm scale (gamma), as the official TF
+           code does (the PyTorch port, inference only, freezes it). Not in the paper (0 = off): lambda_dfeat, a perceptual term in the frozen stage-1
            discriminator's feature space (training/encoder.discriminator_features). Training health
            (training/encoder.EncoderHealth): warn when the weighted adversarial term is over health_adv_share of
            the loss, or when the pixel loss has not improved over the last health_stall_fraction of the run.
@@ -53,7 +54,7 @@ def get_train_config(stage: str) -> ml_collections.ConfigDict:
   elif stage == "encoder":
     values = dict(_common_defaults(), learning_rate=1e-4, lr_schedule="staircase", warmup_steps=0,
                   lr_decay_rate=0.8, lr_decay_every_fraction=0.25, adam_b1=0.9, adam_b2=0.99, lambda_vgg=5e-5,
-                  lambda_adv=0.08, lambda_dfeat=0.0, generator_checkpoint="",
+                  lambda_adv=0.08, lambda_dfeat=0.0, train_bn_scale=False, generator_checkpoint="",
                   health_adv_share=0.5, health_stall_fraction=0.2)
   else:
     raise ValueError(f"unknown training stage {stage!r}; use one of {STAGES}")

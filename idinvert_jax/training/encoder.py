@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import traverse_util
 from jax.sharding import PartitionSpec as P
 
 from idinvert_jax import export
@@ -98,6 +99,25 @@ def resolve_generator_source(config: ml_collections.ConfigDict, workdir: str) ->
     return workdir
   raise FileNotFoundError(f"no generator for encoder training: {workdir}/export does not exist; train stage 1 "
                           "in this workdir first (--stage gan) or pass --config.train.generator_checkpoint=DIR")
+
+
+def trained_variables(encoder_vars: dict, train_bn_scale: bool) -> dict:
+  """What the encoder's optimiser updates: {'params'} and, with train_bn_scale, {'bn_scale'}: every BatchNorm
+  scale (gamma), which the model keeps next to the running statistics in `batch_stats` (models/encoder.py)."""
+  trained = {"params": encoder_vars["params"]}
+  if train_bn_scale:
+    flat = traverse_util.flatten_dict(dict(encoder_vars.get("batch_stats", {})), sep="/")
+    trained["bn_scale"] = {k: v for k, v in flat.items() if k.endswith("/scale")}
+  return trained
+
+
+def with_bn_scales(batch_stats: dict, trained: dict) -> dict:
+  """batch_stats with the trained BatchNorm scales written in (no-op without 'bn_scale')."""
+  if "bn_scale" not in trained:
+    return batch_stats
+  flat = traverse_util.flatten_dict(dict(batch_stats), sep="/")
+  flat.update(trained["bn_scale"])
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 class EncoderHealth:
@@ -181,6 +201,10 @@ class EncoderTrainer(loop.StateShapesMixin):
       raise ValueError("config.train.lambda_dfeat > 0 measures reconstructions in the stage-1 discriminator's "
                        "feature space, but the generator checkpoint has no discriminator; train stage 1 in this "
                        "workdir (it exports D) or set --config.train.lambda_dfeat=0")
+    # The official TF encoder trains every BatchNorm's gamma (sync_batch_norm, scale=True); the PyTorch port,
+    # inference only, marks it frozen. Without it the last BN forces each W+ entry to unit variance over the
+    # batch, while the generator's w has a spread of about 0.55 (measured on the demo and CelebA generators).
+    self.train_bn_scale = bool(self.tcfg.get("train_bn_scale", False))
     self.e_tx = make_optimizer(self.tcfg, self.num_steps)
     self.d_tx = make_optimizer(self.tcfg, self.num_steps)
     replicate = mesh_lib.replicated(mesh)
@@ -218,7 +242,7 @@ class EncoderTrainer(loop.StateShapesMixin):
         # normalization='none' has no batch statistics: an empty collection keeps one state layout.
         "encoder": {"params": encoder_vars["params"], "batch_stats": encoder_vars.get("batch_stats", {})},
         "discriminator": {"params": d_params},
-        "e_opt": self.e_tx.init(encoder_vars["params"]),
+        "e_opt": self.e_tx.init(trained_variables(encoder_vars, self.train_bn_scale)),
         "d_opt": self.d_tx.init(d_params),
     }
 
@@ -264,8 +288,9 @@ class EncoderTrainer(loop.StateShapesMixin):
     real_dfeat = (discriminator_features(self.discriminator, frozen["feature_discriminator"], images)
                   if self.lambda_dfeat > 0 else None)
 
-    def encoder_objective(e_params):
-      wp, new_stats = self._encode_train(e_params, state["encoder"]["batch_stats"], images)
+    def encoder_objective(trained):
+      batch_stats = with_bn_scales(state["encoder"]["batch_stats"], trained)
+      wp, new_stats = self._encode_train(trained["params"], batch_stats, images)
       recons = self._synthesize(frozen, wp)
       fake_logits = self.discriminator.apply(d_vars, recons)
       recon_features = self._features(frozen, recons) if self.lambda_vgg > 0 else None
@@ -279,10 +304,11 @@ class EncoderTrainer(loop.StateShapesMixin):
                                            lambda_dfeat=self.lambda_dfeat)
       return total, (metrics, new_stats)
 
-    e_params = state["encoder"]["params"]
-    (_, (e_metrics, new_stats)), e_grads = jax.value_and_grad(encoder_objective, has_aux=True)(e_params)
-    e_updates, e_opt = self.e_tx.update(e_grads, state["e_opt"], e_params)
-    e_params = optax.apply_updates(e_params, e_updates)
+    trained = trained_variables(state["encoder"], self.train_bn_scale)
+    (_, (e_metrics, new_stats)), e_grads = jax.value_and_grad(encoder_objective, has_aux=True)(trained)
+    e_updates, e_opt = self.e_tx.update(e_grads, state["e_opt"], trained)
+    trained = optax.apply_updates(trained, e_updates)
+    e_params, new_stats = trained["params"], with_bn_scales(new_stats, trained)
 
     # D sees the updated encoder (the official loop runs the E op, then the D op, on the same batch).
     wp, _ = self._encode_train(e_params, new_stats, images)
