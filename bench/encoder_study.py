@@ -114,7 +114,7 @@ def write_json(path: Path, value) -> None:
 
 def trained_steps(workdir: Path) -> int:
   info = read_json(workdir / "export" / "training.json", {})
-  return int((info.get("encoder") or {}).get("step", 0)) if isinstance(info, dict) else 0
+  return int(((info.get("models") or {}).get("encoder") or {}).get("step", 0))
 
 
 def train_variant(variant: Variant, gan: Path, workdir: Path, config: str, max_steps: int = 0) -> tuple[dict, Path]:

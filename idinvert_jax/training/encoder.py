@@ -102,21 +102,27 @@ def resolve_generator_source(config: ml_collections.ConfigDict, workdir: str) ->
 
 
 def trained_variables(encoder_vars: dict, train_bn_scale: bool) -> dict:
-  """What the encoder's optimiser updates: {'params'} and, with train_bn_scale, {'bn_scale'}: every BatchNorm
-  scale (gamma), which the model keeps next to the running statistics in `batch_stats` (models/encoder.py)."""
-  trained = {"params": encoder_vars["params"]}
-  if train_bn_scale:
-    flat = traverse_util.flatten_dict(dict(encoder_vars.get("batch_stats", {})), sep="/")
-    trained["bn_scale"] = {k: v for k, v in flat.items() if k.endswith("/scale")}
-  return trained
+  """What the encoder's optimiser updates: its params, or with train_bn_scale {'params', 'bn_scale'} where
+  bn_scale holds every BatchNorm scale (gamma), which the model keeps next to the running statistics in
+  `batch_stats` (models/encoder.py). Without it the tree is the params alone, the state layout of runs
+  checkpointed before the option existed."""
+  if not train_bn_scale:
+    return encoder_vars["params"]
+  flat = traverse_util.flatten_dict(dict(encoder_vars.get("batch_stats", {})), sep="/")
+  return {"params": encoder_vars["params"], "bn_scale": {k: v for k, v in flat.items() if k.endswith("/scale")}}
 
 
-def with_bn_scales(batch_stats: dict, trained: dict) -> dict:
-  """batch_stats with the trained BatchNorm scales written in (no-op without 'bn_scale')."""
-  if "bn_scale" not in trained:
+def split_trained(trained: dict, train_bn_scale: bool) -> tuple[dict, dict | None]:
+  """(params, bn scales or None) of a `trained_variables` tree."""
+  return (trained["params"], trained["bn_scale"]) if train_bn_scale else (trained, None)
+
+
+def with_bn_scales(batch_stats: dict, scales: dict | None) -> dict:
+  """batch_stats with the trained BatchNorm scales written in (unchanged for None)."""
+  if scales is None:
     return batch_stats
   flat = traverse_util.flatten_dict(dict(batch_stats), sep="/")
-  flat.update(trained["bn_scale"])
+  flat.update(scales)
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
@@ -289,8 +295,8 @@ class EncoderTrainer(loop.StateShapesMixin):
                   if self.lambda_dfeat > 0 else None)
 
     def encoder_objective(trained):
-      batch_stats = with_bn_scales(state["encoder"]["batch_stats"], trained)
-      wp, new_stats = self._encode_train(trained["params"], batch_stats, images)
+      params, scales = split_trained(trained, self.train_bn_scale)
+      wp, new_stats = self._encode_train(params, with_bn_scales(state["encoder"]["batch_stats"], scales), images)
       recons = self._synthesize(frozen, wp)
       fake_logits = self.discriminator.apply(d_vars, recons)
       recon_features = self._features(frozen, recons) if self.lambda_vgg > 0 else None
@@ -308,7 +314,8 @@ class EncoderTrainer(loop.StateShapesMixin):
     (_, (e_metrics, new_stats)), e_grads = jax.value_and_grad(encoder_objective, has_aux=True)(trained)
     e_updates, e_opt = self.e_tx.update(e_grads, state["e_opt"], trained)
     trained = optax.apply_updates(trained, e_updates)
-    e_params, new_stats = trained["params"], with_bn_scales(new_stats, trained)
+    e_params, scales = split_trained(trained, self.train_bn_scale)
+    new_stats = with_bn_scales(new_stats, scales)
 
     # D sees the updated encoder (the official loop runs the E op, then the D op, on the same batch).
     wp, _ = self._encode_train(e_params, new_stats, images)
