@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-import machine  # pylint: disable=wrong-import-position
+sys.path.insert(0, str(ROOT))
+from idinvert_jax.machine import cpu_model  # noqa: E402  pylint: disable=wrong-import-position
 
 # Every variant sets every factor of the study explicitly, so a row does not change when the config's recipe does.
 REFERENCE = {"train.encoder.learning_rate": 1e-4, "train.encoder.lr_schedule": "staircase",
@@ -253,7 +253,7 @@ def main() -> None:
     table.append(summarise(variant, record, rows))
     print(f"{variant.name:10s} encoder {table[-1]['encoder_psnr']:.2f} dB, in-domain lam2 "
           f"{table[-1]['indomain2_psnr']:.2f} dB, {table[-1]['cpu_minutes']:.0f} CPU min", flush=True)
-  machine_line = (f"Machine: {machine.cpu_model()}, {os.cpu_count()} cores, {platform.platform()}; "
+  machine_line = (f"Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.platform()}; "
                   f"{time.strftime('%Y-%m-%d')}.")
   command = "python bench/encoder_study.py " + " ".join(sys.argv[1:])
   output = Path(args.output)

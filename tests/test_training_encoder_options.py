@@ -133,8 +133,8 @@ def test_study_options_train_resume_and_export(frozen, images, tmp_path):
   assert all(r["e_dfeat"] > 0 for r in records)
   total = [r["e_loss"] for r in records]
   assert np.mean(total[-5:]) < 0.85 * np.mean(total[:3]), total  # ~0.74x measured in 30 steps
-  from idinvert_jax import checkpoint  # pylint: disable=import-outside-toplevel
-  exported = checkpoint.load_models(tmp_path)
+  from idinvert_jax import export  # pylint: disable=import-outside-toplevel
+  exported = export.load_models(tmp_path)
   assert "batch_stats" not in exported.encoder_vars or not exported.encoder_vars["batch_stats"]
   codes = exported.encoder.apply(exported.encoder_vars, images[:2], train=False)
   assert np.isfinite(np.asarray(codes)).all()

@@ -43,8 +43,8 @@ def get_train_config(stage: str) -> ml_collections.ConfigDict:
            'staircase'; also 'constant' and 'cosine', with warmup_steps), lambda_vgg 5e-5 (0 without VGG16
            weights), lambda_adv 0.08, R1 gamma 10; generator from generator_checkpoint ('' = this workdir's
            export/ of stage 1). train_bn_scale: also train every BatchNorm scale (gamma), as the official TF
-           code does (the PyTorch port, inference only, freezes it). Not in the paper (0 = off): lambda_dfeat, a perceptual term in the frozen stage-1
-           discriminator's feature space (training/encoder.discriminator_features). Training health
+           code does (the PyTorch port, inference only, freezes it). Not in the paper (0 = off): lambda_dfeat, a
+           perceptual term in the frozen stage-1 discriminator's feature space (training/encoder.discriminator_features). Training health
            (training/encoder.EncoderHealth): warn when the weighted adversarial term is over health_adv_share of
            the loss, or when the pixel loss has not improved over the last health_stall_fraction of the run.
   """
