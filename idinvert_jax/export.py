@@ -196,6 +196,14 @@ def load_models(path: str | Path, names: Iterable[str] | None = None,
 _LATER_MODEL_KEYS = {("encoder", "normalization"): "batch"}
 
 
+def with_later_model_keys(model: dict) -> dict:
+  """A stored config.model dict (from JSON) with the keys added since it was written set to what they mean."""
+  for (section, key), value in _LATER_MODEL_KEYS.items():
+    if isinstance(model.get(section), dict):
+      model[section].setdefault(key, value)
+  return model
+
+
 def _check_same_architecture(stored: ml_collections.ConfigDict, given: ml_collections.ConfigDict,
                              directory: Path, names: Iterable[str] = MODEL_NAMES) -> None:
   """Refuses a config whose architecture differs from the checkpoint's for the models `names` being loaded."""
@@ -203,9 +211,7 @@ def _check_same_architecture(stored: ml_collections.ConfigDict, given: ml_collec
   for d in (stored_d, given_d):
     # The perceptual weights path may legitimately differ (the weights are stored in the checkpoint).
     d.get("perceptual", {}).pop("weights", None)
-    for (section, key), value in _LATER_MODEL_KEYS.items():
-      if isinstance(d.get(section), dict):
-        d[section].setdefault(key, value)
+    with_later_model_keys(d)
   # Sections of models that are not loaded do not matter (the encoder stage trains a new encoder on a stored G).
   ignored = set(MODEL_NAMES) - set(names)
   diffs = sorted(k for k in set(stored_d) | set(given_d)
