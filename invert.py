@@ -4,11 +4,17 @@
   python invert.py --checkpoint CKPT --images photos/ --output out/ --num_iterations 50 --precision bfloat16
   python invert.py --checkpoint CKPT --images photos/ --output out/ --config configs/ffhq256.py \
       --config.invert.num_iterations=200
+  python invert.py --checkpoint CKPT --images selfie.jpg --output out/ --align     # crop the face the FFHQ way
 
 The official flag names (--method, --num_iterations, --learning_rate, --loss_weight_feat, --loss_weight_enc,
 --batch_size, --num_results, --precision) override config.invert; unset, the checkpoint's (or --config's)
 values apply, else the official defaults (100 Adam steps, lr 0.01, feat 5e-5, enc 2.0). Reruns on the same
 --output skip images already done; --overwrite redoes them. See idinvert_jax/inversion_folder.py for the layout.
+
+Inputs: non-square images are stretched to the model's square as the official code does (said once per run);
+--crop center cuts their central square instead; --align detects every face and crops it the FFHQ way (needs
+`pip install -e .[align]`). With a calibrated checkpoint (domain.json, see `python -m idinvert_jax.domain`) an
+image whose reconstruction stays below its held-out data's PSNR is flagged as outside the model's domain.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -32,6 +38,11 @@ flags.DEFINE_integer("batch_size", None, "Images optimised together (default 8; 
 flags.DEFINE_integer("num_results", None, "Intermediate snapshots per image (default 5).")
 flags.DEFINE_enum("precision", None, ["float32", "bfloat16"], "Compute dtype of G/E/VGG (default float32).")
 flags.DEFINE_boolean("overwrite", False, "Redo images that an earlier run on --output already finished.")
+flags.DEFINE_enum("crop", "none", ["none", "center"], "Non-square inputs: 'none' stretches them to the square "
+                  "like the official code; 'center' cuts the central square first (keeps the aspect ratio).")
+flags.DEFINE_boolean("align", False, "Detect the faces (dlib, 68 landmarks) and crop each the FFHQ way before "
+                     "inverting; the crops are kept in OUTPUT/aligned/. Needs `pip install -e .[align]`.")
+flags.DEFINE_boolean("largest_face", False, "With --align: only the largest face of each photo (default: all).")
 
 
 def main(argv):
@@ -40,14 +51,19 @@ def main(argv):
   overrides = {name: FLAGS[name].value for name in invert_job.OFFICIAL_FLAGS}
   try:
     summary = invert_job.run_inversion(FLAGS.checkpoint, images, FLAGS.output, config=FLAGS.config,
-                                       overrides=overrides, overwrite=FLAGS.overwrite)
+                                       overrides=overrides, overwrite=FLAGS.overwrite, crop=FLAGS.crop,
+                                       align=FLAGS.align, largest_face=FLAGS.largest_face)
   except (ValueError, FileNotFoundError) as e:  # User-fixable: one line, no traceback.
     raise SystemExit(f"invert.py: error: {e}") from e
   m = summary.mean_metrics
   logging.info("done: %d images in %s (%d inverted now, %d skipped as done, %d failed); mean MSE %.4g, "
                "PSNR %.2f dB, SSIM %.4f, %.2f s/image", summary.num_done, summary.output, summary.num_inverted,
                summary.num_skipped, len(summary.failed), m["mse"], m["psnr"], m["ssim"], m["seconds"])
+  for note in summary.notes:
+    print(f"note: {note}")
   print(f"{summary.num_done} images inverted into {summary.output} ({summary.num_skipped} skipped as done).")
+  for line in summary.outside_domain:
+    print(f"WARNING {line}")
   for path, reason in summary.failed:
     print(f"FAILED {path}: {reason}")
   if summary.failed:

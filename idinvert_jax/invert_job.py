@@ -3,6 +3,12 @@
 The output folder's layout (the official one, plus metrics and resumability) and its reader are in
 `idinvert_jax.inversion_folder`. Reruns on the same folder skip images already done; other settings or models
 on a folder that holds results are refused unless `overwrite`.
+
+Input policy (said once per run): non-square images are stretched to the model's square, as the official code
+does (`cv2.resize` to resolution x resolution), unless `crop='center'` cuts their central square first; with
+`align=True` every face is cropped the FFHQ way first (idinvert_jax.align), which is what the models expect.
+Each image gets an out-of-domain verdict when the checkpoint holds a calibration (idinvert_jax.domain):
+metrics.csv column `domain`, a warning in the HTML and in `InversionSummary.outside_domain`.
 """
 from __future__ import annotations
 
@@ -18,12 +24,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from idinvert_jax import inversion
+from idinvert_jax import domain, inversion
 from idinvert_jax import inversion_folder as folder_lib
 
 # The official CLI's flag names, fields of inversion.InvertSettings.
 OFFICIAL_FLAGS = ("method", "num_iterations", "learning_rate", "loss_weight_feat", "loss_weight_enc",
                   "batch_size", "num_results", "precision")
+# --crop: what happens to a non-square input ('none' = stretch it, the official behaviour).
+CROP_MODES = {"none": "resize", "center": "center_crop"}
 # The settings that change results: the folder's parts are reused only when these (and the models) match.
 RESULT_SETTINGS = ("method", "num_iterations", "learning_rate", "loss_weight_pix", "loss_weight_feat",
                    "loss_weight_enc", "init", "num_results", "precision")
@@ -43,6 +51,58 @@ def load_job_models(checkpoint_dir: str | Path, config: ml_collections.ConfigDic
     if loaded is not None:
       models.perceptual, models.perceptual_vars = loaded
   return models
+
+
+def _non_square(paths: Sequence[Path]) -> list[Path]:
+  """Inputs whose width and height differ (read from the file header only; unreadable ones are left out)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  found = []
+  for path in paths:
+    try:
+      with Image.open(path) as image:
+        width, height = image.size  # EXIF rotation swaps the sides: squareness is the same.
+    except (OSError, ValueError, Image.DecompressionBombError):
+      continue
+    if width != height:
+      found.append(path)
+  return found
+
+
+def crop_policy_note(paths: Sequence[Path], crop: str, resolution: int) -> str | None:
+  """The one line a run says about non-square inputs (None when every input is square)."""
+  if crop not in CROP_MODES:
+    raise InvertJobError(f"crop {crop!r} is unknown; use one of {sorted(CROP_MODES)}.")
+  count = len(_non_square(paths))
+  if not count:
+    return None
+  if crop == "none":
+    return (f"{count} of {len(paths)} images are not square: stretched to {resolution}x{resolution} as the "
+            f"official code does (--crop center cuts their central square instead; --align crops faces the FFHQ "
+            f"way)")
+  return (f"{count} of {len(paths)} images are not square: their central square is cut out and resized to "
+          f"{resolution}x{resolution} (--crop center)")
+
+
+def _align_inputs(paths: Sequence[Path], folder: Path, resolution: int, largest_face: bool, progress: bool):
+  """FFHQ-aligns every input into `folder`; returns (aligned paths, [(path, reason)] skipped, note)."""
+  from idinvert_jax import align  # pylint: disable=import-outside-toplevel
+  summary = align.align_files(paths, folder, resolution, largest_only=largest_face, progress=progress)
+  skipped = [(p, "no face found (--align); skipped") for p in summary.no_face] + list(summary.failed)
+  note = (f"--align: {len(summary.written)} face(s) from {len(set(summary.sources))} of {len(paths)} photo(s) "
+          f"cropped the FFHQ way into {folder}" + (" (largest face only)" if largest_face else ""))
+  return list(summary.written), skipped, note
+
+
+def _domain_calibration(checkpoint) -> tuple[Any, str]:
+  """The checkpoint's out-of-domain calibration and the sentence that explains it (or says there is none)."""
+  try:
+    calibration = domain.load(checkpoint)
+  except FileNotFoundError:  # No checkpoint folder (models passed in directly).
+    calibration = None
+  if calibration is None:
+    return None, (f"No out-of-domain check: the checkpoint has no {domain.CALIBRATION_FILE} (make one with "
+                  f"`python -m idinvert_jax.domain --checkpoint {checkpoint} --images HELD_OUT_IMAGES`).")
+  return calibration, calibration.describe()
 
 
 def _fingerprint(settings: inversion.InvertSettings, models) -> dict:
@@ -94,13 +154,17 @@ class InversionSummary:
   num_done: int           # images with results in the folder (this run + earlier runs)
   num_inverted: int       # images inverted by this run
   num_skipped: int        # images found done by an earlier run
-  failed: list            # [(path, reason)]
+  failed: list            # [(path, reason)]: unreadable inputs, photos without a face (align)
   mean_metrics: dict      # name -> mean over the done images (NaN when unavailable)
+  notes: list = dataclasses.field(default_factory=list)           # input policy lines, said once per run
+  outside_domain: list = dataclasses.field(default_factory=list)  # one warning line per flagged image
+  domain_note: str = ""   # how the domain threshold was computed, or why there is none
 
 
 def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: str | Path,
                   config: ml_collections.ConfigDict | None = None, overrides: dict[str, Any] | None = None,
-                  overwrite: bool = False, progress: bool = True, devices=None, models=None) -> InversionSummary:
+                  overwrite: bool = False, progress: bool = True, devices=None, models=None,
+                  crop: str = "none", align: bool = False, largest_face: bool = False) -> InversionSummary:
   """Inverts every image under `images` with the checkpoint's models and writes the output folder.
 
   Args:
@@ -112,7 +176,11 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
     overwrite: redo every image even if an earlier run on `output` finished it.
     progress: tqdm bars.
     devices: devices of the 'data' mesh (default: all).
-    models: an already loaded `export.Models` (then `checkpoint` is only reported).
+    models: an already loaded `export.Models` (then `checkpoint` is only reported and searched for the
+      domain calibration).
+    crop: non-square inputs: 'none' stretches them to the square (official), 'center' cuts the central square.
+    align: crop every face the FFHQ way first (needs the align extra); the aligned faces are what is inverted.
+    largest_face: with `align`, only the largest face of each photo.
   """
   from idinvert_jax import data  # pylint: disable=import-outside-toplevel
   output = Path(output)
@@ -124,10 +192,27 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
   inverter.validate(settings)  # Mismatched checkpoint / missing encoder: fail before any work.
   resolution = int(models.config.model.resolution)
   paths = [Path(p) for p in data.expand_inputs(images)]  # Raises (one line) for missing paths or no images.
+  notes, input_failures = [], []
+  if align:
+    paths, input_failures, note = _align_inputs(paths, output / folder_lib.ALIGNED_DIR, resolution, largest_face,
+                                                progress)
+    notes.append(note)
+    if not paths:
+      raise InvertJobError(f"--align found no face in {list(map(str, images))}; check the photos or invert them "
+                           f"without --align.")
+  else:
+    note = crop_policy_note(paths, crop, resolution)
+    if note:
+      notes.append(note)
+  for note in notes:
+    logging.warning("%s", note)
+  calibration, domain_note = _domain_calibration(checkpoint)  # A malformed file fails before any work.
   names = folder_lib.unique_names(paths)
   sources = [str(p.resolve()) for p in paths]
 
   fingerprint = _fingerprint(settings, models)
+  if crop != "none":  # The crop changes the pixels inverted (absent for the default: older folders still match).
+    fingerprint["crop"] = crop
   if overwrite:
     folder_lib.clear_parts(output)
   elif folder_lib.read_fingerprint(output) not in (None, fingerprint):
@@ -151,7 +236,7 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
     loaded, arrays = [], []
     for i in chunk:
       try:
-        arrays.append(data.load_image(paths[i], resolution))
+        arrays.append(data.load_image(paths[i], resolution, CROP_MODES[crop]))
         loaded.append(i)
       except (data.ImageError, OSError) as e:
         failed.append((str(paths[i]), str(e).splitlines()[0] if str(e) else type(e).__name__))
@@ -175,10 +260,17 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
   done = folder_lib.load_parts(output)
   order = [i for i, s in enumerate(sources) if s in done]
   rows = [done[sources[i]] for i in order]
+  outside = domain.verdicts(calibration, [float(r["psnr"]) for r in rows], settings.method)
+  warnings = [calibration.warning(names[i], float(r["psnr"]), settings.method)
+              for i, r, o in zip(order, rows, outside) if o]
+  for line in warnings:
+    logging.warning("%s", line)
   folder_lib.write_summary(output, [names[i] for i in order], [sources[i] for i in order], rows, save_steps,
-                           settings, has_perceptual=models.perceptual_vars is not None)
-  folder_lib.write_failed(output, failed)
+                           settings, has_perceptual=models.perceptual_vars is not None, outside=outside,
+                           domain_note=domain_note, notes=notes)
+  folder_lib.write_failed(output, input_failures + failed)
   means = {k: float(np.mean([r[k] for r in rows])) if rows else math.nan
            for k in ("mse", "psnr", "ssim", "perceptual", "seconds")}
   return InversionSummary(output=output, num_done=len(rows), num_inverted=len(sources) - skipped - len(failed),
-                          num_skipped=skipped, failed=failed, mean_metrics=means)
+                          num_skipped=skipped, failed=input_failures + failed, mean_metrics=means, notes=notes,
+                          outside_domain=warnings, domain_note=domain_note)
