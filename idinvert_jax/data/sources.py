@@ -219,7 +219,11 @@ def tfds_prepare_hint(name: str, data_dir: str | None) -> str:
 
 
 def _open_tfds(name: str, split: str, data_dir: str | None):
-  import tensorflow_datasets as tfds  # Imported lazily: it is slow to import and only needed here.
+  try:
+    import tensorflow_datasets as tfds  # Imported lazily: it is slow to import and only needed here.
+  except ImportError:
+    raise ValueError(f"tfds:{name}: tensorflow-datasets is not installed; install it with "
+                     "`pip install -e .[tfds]`") from None
 
   try:
     builder = tfds.builder(name, data_dir=data_dir or None, try_gcs=False)
