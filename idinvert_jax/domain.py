@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -161,7 +162,9 @@ def calibrate_checkpoint(checkpoint: str | Path, images: Sequence[str], percenti
                    "never used in training")
   else:
     description = ", ".join(str(p) for p in images)
-  command = " ".join(["python -m idinvert_jax.domain", "--checkpoint", str(checkpoint), "--images",
+  shown = os.path.relpath(checkpoint)  # Portable in the JSON when the checkpoint sits below the working folder.
+  shown = shown if not shown.startswith("..") else str(checkpoint)
+  command = " ".join(["python -m idinvert_jax.domain", "--checkpoint", shown, "--images",
                       *map(str, images), "--percentile", f"{percentile:g}"]
                      + ([] if num_iterations is None else ["--num_iterations", str(num_iterations)]))
   calibration = calibrate(models, array, settings, percentile, description, command, progress)

@@ -133,3 +133,21 @@ def test_upload_invert_edit_download_in_a_browser(server, page, tmp_path):
   page.get_by_text("not an image PIL can read").first.wait_for()
   print(f"browser: inversion shown {inverted_at - start:.1f} s after opening the page; whole flow "
         f"{time.perf_counter() - start:.1f} s")
+
+
+def test_real_face_figure_tool_on_the_demo_model(server, tmp_path):
+  """tools/real_face_figure.py (the README's real-face figure) on Grace Hopper with the shipped demo model."""
+  import importlib.util
+  from idinvert_jax import app
+  editor, _ = server
+  spec = importlib.util.spec_from_file_location("real_face_figure", app.REPO / "tools" / "real_face_figure.py")
+  tool = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tool)
+  figure, numbers = tool.make_figure(app.DEFAULT_CHECKPOINT, tool.default_photo(), tool.DEFAULT_SOURCE,
+                                     ["hair_color=3", "eyeglasses=-2"], editor=editor)
+  assert figure.shape[1] >= 6 * tool.PANEL and figure.shape[0] > tool.PANEL  # Six panels and a caption.
+  assert numbers["edits"] == [("hair_color", 3.0), ("eyeglasses", -2.0)]
+  assert "grace_hopper.jpg" in numbers["caption"] and "public domain" in numbers["caption"]
+  assert np.isfinite(numbers["psnr"]) and numbers["outside_domain"] is (editor.calibration is not None or None)
+  with pytest.raises(SystemExit, match="no boundary 'smile'"):
+    tool.parse_edits(["smile=3"], editor.directions)

@@ -170,6 +170,14 @@ def test_tfds_not_prepared_says_how_to_prepare(tmp_path, no_network):
                         RESOLUTION)
 
 
+def test_tfds_without_the_extra_names_the_install(tmp_path, monkeypatch):
+  import sys
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import -> ImportError
+  with pytest.raises(ValueError, match=r"tensorflow-datasets is not installed; install it with `pip install -e "
+                                       r"\.\[tfds\]`"):
+    sources.open_source(_config(source="tfds", tfds_name="celeb_a", tfds_data_dir=str(tmp_path)), RESOLUTION)
+
+
 def test_config_errors_are_clear():
   with pytest.raises(ValueError, match="data.source='zip' is unknown"):
     sources.open_source(_config(source="zip"), RESOLUTION)
