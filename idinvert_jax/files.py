@@ -53,13 +53,19 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
   return np.clip(np.rint(image * 127.5 + 127.5), 0, 255).astype(np.uint8)
 
 
-def atomic_save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-  """Saves an HWC image; float input is taken as [-1, 1], uint8 as is."""
+def atomic_save_png(path: str | os.PathLike, image: np.ndarray, text: dict[str, str] | None = None) -> Path:
+  """Saves an HWC image; float input is taken as [-1, 1], uint8 as is. `text`: PNG tEXt entries."""
+  from PIL import PngImagePlugin  # pylint: disable=g-import-not-at-top
   image = np.asarray(image)
   if image.dtype != np.uint8:
     image = to_uint8(image)
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]
+  info = None
+  if text:
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+      info.add_text(key, str(value))
   buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format="PNG")
+  Image.fromarray(image).save(buf, format="PNG", pnginfo=info)
   return atomic_write_bytes(path, buf.getvalue())

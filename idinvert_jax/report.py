@@ -23,10 +23,15 @@ from idinvert_jax import files
 _LABEL_MARGIN = 4
 # Label text size in px (PIL's built-in scalable font; its default of 10 px is hard to read).
 LABEL_FONT_SIZE = 12
-# HTML display of small images: enlarged by an integer factor (nearest neighbour, so pixels stay sharp) until the
-# shorter side reaches MIN_DISPLAY_SIDE, without making the page wider than MAX_DISPLAY_WIDTH.
-MIN_DISPLAY_SIDE = 256
-MAX_DISPLAY_WIDTH = 1150
+# HTML display of small pictures: an image is enlarged by an integer factor (at most MAX_DISPLAY_SCALE, nearest
+# neighbour so pixels stay sharp) until its tiles reach MIN_DISPLAY_TILE px, without exceeding MAX_DISPLAY_WIDTH x
+# MAX_DISPLAY_HEIGHT. A grid's tile is its cell size (save_grid records it in the PNG as GRID_TILE_KEY); any other
+# image is one tile.
+MIN_DISPLAY_TILE = 256
+MAX_DISPLAY_SCALE = 4
+MAX_DISPLAY_WIDTH = 1800
+MAX_DISPLAY_HEIGHT = 1400
+GRID_TILE_KEY = "idinvert_grid_tile"
 
 
 def _as_uint8_rgb(image: np.ndarray, where: str) -> np.ndarray:
@@ -165,8 +170,9 @@ def image_grid(rows: list[list[np.ndarray]] | np.ndarray,
 
 
 def save_grid(path: str | os.PathLike, rows, **kwargs) -> Path:
-  """`image_grid(rows, **kwargs)` written atomically as a PNG at `path`; returns the path."""
-  return files.atomic_save_png(path, image_grid(rows, **kwargs))
+  """`image_grid(rows, **kwargs)` written atomically as a PNG at `path` (cell size recorded); returns the path."""
+  tile = min(_normalise_rows(rows)[0][0].shape[:2])
+  return files.atomic_save_png(path, image_grid(rows, **kwargs), text={GRID_TILE_KEY: str(tile)})
 
 
 @dataclasses.dataclass
@@ -188,8 +194,10 @@ class Section:
 
 
 _STYLE = """
-body { font-family: sans-serif; margin: 2em; max-width: 1200px; }
+body { font-family: sans-serif; margin: 2em; }
+h1, h2, p, table { max-width: 1200px; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+figure { max-width: 100%; overflow-x: auto; }
 figure img { image-rendering: pixelated; }
 p.warning { background: #fff3cd; border: 1px solid #e0b000; padding: 0.4em 0.7em; }
 figcaption { font-size: 0.9em; color: #444; }
@@ -213,19 +221,21 @@ def _format_cell(value: object) -> str:
   return html.escape(str(value))
 
 
-def display_scale(width: int, height: int) -> int:
-  """Integer enlargement of a width x height image in the HTML (see MIN_DISPLAY_SIDE / MAX_DISPLAY_WIDTH)."""
-  wanted = math.ceil(MIN_DISPLAY_SIDE / max(1, min(width, height)))
-  return max(1, min(wanted, MAX_DISPLAY_WIDTH // max(1, width)))
+def display_scale(width: int, height: int, tile: int | None = None) -> int:
+  """Integer enlargement of a width x height image whose tiles are `tile` px (default: one tile, min(w, h))."""
+  tile = tile or min(width, height)
+  wanted = min(MAX_DISPLAY_SCALE, math.ceil(MIN_DISPLAY_TILE / max(1, tile)))
+  return max(1, min(wanted, MAX_DISPLAY_WIDTH // max(1, width), MAX_DISPLAY_HEIGHT // max(1, height)))
 
 
-def _image_size(base_dir: Path | None, path: str) -> tuple[int, int] | None:
-  """Pixel size of an image next to the page (header only), or None if it cannot be read."""
+def _image_size(base_dir: Path | None, path: str) -> tuple[int, int, int | None] | None:
+  """(width, height, grid tile or None) of an image next to the page (header only); None if unreadable."""
   if base_dir is None:
     return None
   try:
     with Image.open(base_dir / path) as image:
-      return image.size
+      tile = image.info.get(GRID_TILE_KEY)
+      return image.width, image.height, int(tile) if tile and str(tile).isdigit() else None
   except (OSError, ValueError):
     return None
 

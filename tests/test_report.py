@@ -116,12 +116,14 @@ def test_html_enlarges_small_images_nearest_neighbour(tmp_path):
   Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "tile.png")
   Image.fromarray(np.zeros((140, 540, 3), np.uint8)).save(tmp_path / "grid.png")
   Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(tmp_path / "big.png")
+  report.save_grid(tmp_path / "cells.png", _cells(1, 7, 64, 64), pad=2)  # 464 x 68 px of 64-px cells
   path = report.write_html(tmp_path / "index.html", "t", [report.Section(
       "s", text="outside the domain", warning=True,
-      images=[("tile.png", "a"), ("grid.png", "b"), ("big.png", "c"), ("missing.png", "d")])])
+      images=[("tile.png", "a"), ("grid.png", "b"), ("big.png", "c"), ("missing.png", "d"), ("cells.png", "e")])])
   text = path.read_text()
   assert 'src="tile.png" alt="a" width="256" height="256"' in text  # 64 px -> 4x.
-  assert 'src="grid.png" alt="b" width="1080" height="280"' in text  # 2x: 4x would be wider than the page.
+  assert 'src="grid.png" alt="b" width="1080" height="280"' in text  # A plain image is one tile: 140 px -> 2x.
+  assert 'src="cells.png" alt="e" width="1392" height="204"' in text  # 64-px cells: 3x (4x is wider than 1800).
   assert 'src="big.png" alt="c" width="256" height="256"' in text
   assert 'src="missing.png" alt="d">' in text
   assert "image-rendering: pixelated" in text
