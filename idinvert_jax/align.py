@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import functools
 import importlib.util
-import json
 import sys
 from pathlib import Path
 from typing import Sequence

@@ -257,7 +257,7 @@ def build_app(editor: Editor):
   def _error(e: Exception):
     return gr.Error(str(e), print_exception=False)
 
-  def _face_outputs(face: InvertedFace, slot: str):
+  def _face_outputs(face: InvertedFace):
     return [enlarge(face.original), enlarge(face.encoder), enlarge(face.inverted), face.summary(calibration)]
 
   def run_inversion(upload, example, do_align, crop, progress=gr.Progress(track_tqdm=True)):
@@ -272,7 +272,7 @@ def build_app(editor: Editor):
     face.notes = notes
     png, npy = save_downloads(downloads, f"{Path(name).stem}_inverted", face.inverted, face.code)
     sliders = [gr.update(value=0.0) for _ in names]
-    return [face.code, *_face_outputs(face, "a"), enlarge(face.inverted), png, npy, *sliders]
+    return [face.code, *_face_outputs(face), enlarge(face.inverted), png, npy, *sliders]
 
   def run_second(upload, example, do_align, crop, progress=gr.Progress(track_tqdm=True)):
     path = upload or example
@@ -292,7 +292,7 @@ def build_app(editor: Editor):
     edited = editor.edit(code, dict(zip(names, strengths)))
     image = editor.image(edited)
     png, npy = save_downloads(downloads, "edited", image, edited)
-    return enlarge(image), png, npy, edited
+    return enlarge(image), png, npy
 
   def run_combine(code, second, t, first_layer):
     if code is None or second is None:
@@ -303,7 +303,7 @@ def build_app(editor: Editor):
 
   with gr.Blocks(title="idinvert_jax: invert and edit a face") as blocks:
     gr.Markdown("# In-domain GAN inversion: invert a face, then edit it\n" + model_text)
-    code_state, second_state, edited_state = gr.State(None), gr.State(None), gr.State(None)
+    code_state, second_state = gr.State(None), gr.State(None)
     with gr.Row():
       with gr.Column(scale=1):
         upload = gr.File(label="Photo (png, jpg, webp, bmp)", file_types=["image"], type="filepath",
@@ -361,7 +361,7 @@ def build_app(editor: Editor):
       trigger(run_second, second_inputs, second_outputs, concurrency_id="model").then(
           run_combine, [code_state, second_state, t_slider, layer_slider], [between, mixed], concurrency_id="model")
     for slider in sliders:
-      slider.release(run_edit, [code_state, *sliders], [edited, png_button, npy_button, edited_state],
+      slider.release(run_edit, [code_state, *sliders], [edited, png_button, npy_button],
                      concurrency_id="model", trigger_mode="always_last")
     for slider in (t_slider, layer_slider):
       slider.release(run_combine, [code_state, second_state, t_slider, layer_slider], [between, mixed],

@@ -184,7 +184,7 @@ def test_domain_calibration_flags_poor_reconstructions(job, ckpt, image_dir, tmp
   assert rows == {n: "outside" if n == worst else "in" for n in psnr}
   page = (out / "index.html").read_text()
   assert page.count('<p class="warning">WARNING: outside the model') == 1
-  assert f"5th percentile of 64 held-out images" in page
+  assert "5th percentile of 64 held-out images" in page
   (calibrated / domain.CALIBRATION_FILE).write_text("{not json")
   with pytest.raises(domain.DomainError, match="recompute it with"):
     invert_cli.run_inversion(calibrated, [image_dir], out, overrides=SETTINGS, progress=False)

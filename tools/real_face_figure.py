@@ -99,7 +99,7 @@ def make_figure(checkpoint, photo: Path, source: str, edit_specs=None, boundarie
              f"(lambda_enc {editor.settings.loss_weight_enc:g}); PSNR of the reconstructions vs the aligned face; "
              f"out-of-domain check: {verdict}"
              + (f" (threshold {threshold:.1f} dB)" if threshold is not None else "") + ". Edits move the inverted "
-             f"code along the checkpoint's boundaries: " + ", ".join(f"{a} {s:+g}" for a, s in edits) + ".")
+             "code along the checkpoint's boundaries: " + ", ".join(f"{a} {s:+g}" for a, s in edits) + ".")
   figure = _with_caption(grid, caption)
   numbers = {"photo": str(photo), "source": source, "encoder_psnr": face.encoder_psnr, "psnr": face.psnr,
              "outside_domain": face.outside, "threshold": threshold, "edits": edits,
