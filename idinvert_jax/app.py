@@ -8,7 +8,7 @@ The page (Gradio; `pip install -e .[app]`):
 1. upload a photo or pick an example; with "align" ticked (needs `pip install -e .[align]`) the largest face is
    cropped the FFHQ way (idinvert_jax.align), else a non-square photo is stretched (official) or centre-cropped;
 2. the in-domain inversion runs with a progress bar: original | encoder E(x) | inverted, with their PSNR and,
-   when the checkpoint is calibrated (idinvert_jax.domain), a warning if the photo is outside the model's domain;
+   when the checkpoint is calibrated (idinvert_jax.domain_check), a warning if the photo is outside the model's domain;
 3. one slider (-5..5) per boundary: the checkpoint's boundaries/*.npz and the official .npy files of
    `--boundaries` (read with the restricted reader: nothing is unpickled beyond arrays and plain values);
 4. a second face: interpolation between the two, and style mixing (the second face's fine layers);
@@ -81,9 +81,9 @@ def enlarge(image: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
 
 def find_boundaries(checkpoint: str | Path, extra_dir: str | Path | None = None) -> dict:
   """name -> Boundary from <checkpoint>/boundaries/ and `extra_dir` (*.npz project files, *.npy official)."""
-  from idinvert_jax import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  from idinvert_jax import export  # pylint: disable=import-outside-toplevel
   from idinvert_jax.editing import boundaries  # pylint: disable=import-outside-toplevel
-  folders = [ckpt.find_checkpoint_dir(checkpoint) / "boundaries"]
+  folders = [export.find_checkpoint_dir(checkpoint) / "boundaries"]
   if extra_dir is not None:
     if not Path(extra_dir).is_dir():
       raise AppError(f"--boundaries {extra_dir} is not a folder; pass the folder holding the boundary .npy/.npz "
@@ -104,15 +104,15 @@ class Editor:
   def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, boundaries_dir: str | Path | None = None,
                num_iterations: int | None = None):
     import jax  # pylint: disable=import-outside-toplevel
-    from idinvert_jax import align, domain, inversion, invert_cli  # pylint: disable=import-outside-toplevel
-    from idinvert_jax.editing import cli as edit_cli  # pylint: disable=import-outside-toplevel
+    from idinvert_jax import align, domain_check, inversion, invert_job  # pylint: disable=import-outside-toplevel
     self.checkpoint = Path(checkpoint)
-    self.models = invert_cli.load_job_models(checkpoint)
+    self.models = invert_job.load_job_models(checkpoint)
     # The checkpoint's config.invert (official: 100 in-domain steps), one image at a time on one device.
-    self.settings = invert_cli.invert_settings(self.models.config, {
-        "method": "indomain", "num_iterations": num_iterations, "batch_size": 1, "num_results": 0})
-    inversion.validate(self.models, self.settings)
-    self.calibration = domain.load(checkpoint)
+    self.settings = inversion.InvertSettings.from_config(self.models.config, method="indomain",
+                                                         num_iterations=num_iterations, batch_size=1, num_results=0)
+    self.inverter = inversion.Inverter(self.models)  # Keeps the compiled inversion programs between requests.
+    self.inverter.validate(self.settings)
+    self.calibration = domain_check.load(checkpoint)
     generator = self.models.generator
     self.resolution, self.num_layers, self.w_dim = (int(generator.resolution), int(generator.num_layers),
                                                     int(generator.w_dim))
@@ -120,7 +120,6 @@ class Editor:
     self.directions = {name: (b.layerwise(self.num_layers), tuple(b.layers) if b.layers else None)
                        for name, b in self.boundaries.items()}
     self.devices = jax.devices()[:1]
-    self._render = edit_cli.make_renderer(self.models, batch_size=1)
     self.can_align = align.available()
     self.examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png")) if EXAMPLES_DIR.is_dir() else []
     self._warm_up()
@@ -184,18 +183,15 @@ class Editor:
 
   def _invert_array(self, name: str, image: np.ndarray, num_iterations: int | None = None,
                     progress: bool = True) -> InvertedFace:
-    from idinvert_jax import domain, inversion  # pylint: disable=import-outside-toplevel
+    from idinvert_jax import domain_check, inversion  # pylint: disable=import-outside-toplevel
     from idinvert_jax.data import preprocess  # pylint: disable=import-outside-toplevel
     from idinvert_jax.metrics import reconstruction  # pylint: disable=import-outside-toplevel
-    settings = self.settings
-    if num_iterations is not None:
-      settings = settings.copy_and_resolve_references()
-      settings.num_iterations = num_iterations
+    settings = self.settings if num_iterations is None else self.settings.replace(num_iterations=num_iterations)
     x = preprocess.to_float(image)[None]
-    result = inversion.invert(x, self.models, settings, progress=progress, devices=self.devices)
+    result = inversion.invert(x, self.inverter, settings, progress=progress, devices=self.devices)
     psnr = float(np.asarray(reconstruction.psnr(x, result.reconstructions))[0])
     encoder_psnr = float(np.asarray(reconstruction.psnr(x, result.encoder_reconstructions))[0])
-    outside = domain.verdicts(self.calibration, [psnr], "indomain")[0]
+    outside = domain_check.verdicts(self.calibration, [psnr], "indomain")[0]
     return InvertedFace(name, image, _to_uint8(result.encoder_reconstructions[0]),
                         _to_uint8(result.reconstructions[0]), result.codes.astype(np.float32), psnr, encoder_psnr,
                         outside, [])
@@ -226,7 +222,8 @@ class Editor:
 
   def image(self, code: np.ndarray) -> np.ndarray:
     """uint8 [R, R, 3] of one [1, L, D] code."""
-    return _to_uint8(self._render(np.asarray(code, np.float32))[0])
+    from idinvert_jax.editing import jobs  # pylint: disable=import-outside-toplevel
+    return _to_uint8(jobs.render(self.models, np.asarray(code, np.float32), batch_size=1)[0])
 
 
 def save_downloads(folder: Path, stem: str, image: np.ndarray, code: np.ndarray) -> tuple[str, str]:
@@ -260,30 +257,27 @@ def build_app(editor: Editor):
   def _face_outputs(face: InvertedFace):
     return [enlarge(face.original), enlarge(face.encoder), enlarge(face.inverted), face.summary(calibration)]
 
-  def run_inversion(upload, example, do_align, crop, progress=gr.Progress(track_tqdm=True)):
+  def invert_upload(upload, example, do_align, crop, missing: str) -> InvertedFace:
+    """The uploaded (or example) photo loaded, aligned or cropped, and inverted; `missing`: the message without one."""
     path = upload or example
     if not path:
-      raise gr.Error("Upload a photo or pick an example first.", print_exception=False)
+      raise gr.Error(missing, print_exception=False)
     try:
       name, image, notes = editor.load_photo(path, bool(do_align), CROP_CHOICES.get(crop, "none"))
     except (AppError, FileNotFoundError) as e:
       raise _error(e) from None
     face = editor.invert(name, image)
     face.notes = notes
-    png, npy = save_downloads(downloads, f"{Path(name).stem}_inverted", face.inverted, face.code)
+    return face
+
+  def run_inversion(upload, example, do_align, crop, progress=gr.Progress(track_tqdm=True)):
+    face = invert_upload(upload, example, do_align, crop, "Upload a photo or pick an example first.")
+    png, npy = save_downloads(downloads, f"{Path(face.name).stem}_inverted", face.inverted, face.code)
     sliders = [gr.update(value=0.0) for _ in names]
     return [face.code, *_face_outputs(face), enlarge(face.inverted), png, npy, *sliders]
 
   def run_second(upload, example, do_align, crop, progress=gr.Progress(track_tqdm=True)):
-    path = upload or example
-    if not path:
-      raise gr.Error("Upload a second photo or pick a second example first.", print_exception=False)
-    try:
-      name, image, notes = editor.load_photo(path, bool(do_align), CROP_CHOICES.get(crop, "none"))
-    except (AppError, FileNotFoundError) as e:
-      raise _error(e) from None
-    face = editor.invert(name, image)
-    face.notes = notes
+    face = invert_upload(upload, example, do_align, crop, "Upload a second photo or pick a second example first.")
     return [face.code, enlarge(face.original), enlarge(face.inverted), face.summary(calibration)]
 
   def run_edit(code, *strengths):

@@ -121,8 +121,9 @@ def next_part_index(folder: Path) -> int:
 
 
 def write_summary(folder: Path, names: Sequence[str], sources: Sequence[str], rows: Sequence[dict],
-                  save_steps: Sequence[int], settings, has_perceptual: bool, outside: Sequence[bool | None] | None = None,
-                  domain_note: str = "", notes: Sequence[str] = ()) -> None:
+                  save_steps: Sequence[int], settings, has_perceptual: bool,
+                  outside: Sequence[bool | None] | None = None, domain_note: str = "", notes: Sequence[str] = ()
+                  ) -> None:
   """The folder-wide files from every done image's stored results (`rows`, in input order): the codes, the list,
   metrics.csv and index.html. `settings`: the InvertSettings the images were inverted with; `outside`: each
   image's out-of-domain verdict (None: no calibration); `domain_note` and `notes` (input policy) go on the page."""

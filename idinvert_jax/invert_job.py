@@ -7,7 +7,7 @@ on a folder that holds results are refused unless `overwrite`.
 Input policy (said once per run): non-square images are stretched to the model's square, as the official code
 does (`cv2.resize` to resolution x resolution), unless `crop='center'` cuts their central square first; with
 `align=True` every face is cropped the FFHQ way first (idinvert_jax.align), which is what the models expect.
-Each image gets an out-of-domain verdict when the checkpoint holds a calibration (idinvert_jax.domain):
+Each image gets an out-of-domain verdict when the checkpoint holds a calibration (idinvert_jax.domain_check):
 metrics.csv column `domain`, a warning in the HTML and in `InversionSummary.outside_domain`.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from idinvert_jax import domain, inversion
+from idinvert_jax import domain_check, inversion
 from idinvert_jax import inversion_folder as folder_lib
 
 # The official CLI's flag names, fields of inversion.InvertSettings.
@@ -96,11 +96,11 @@ def _align_inputs(paths: Sequence[Path], folder: Path, resolution: int, largest_
 def _domain_calibration(checkpoint) -> tuple[Any, str]:
   """The checkpoint's out-of-domain calibration and the sentence that explains it (or says there is none)."""
   try:
-    calibration = domain.load(checkpoint)
+    calibration = domain_check.load(checkpoint)
   except FileNotFoundError:  # No checkpoint folder (models passed in directly).
     calibration = None
   if calibration is None:
-    return None, (f"No out-of-domain check: the checkpoint has no {domain.CALIBRATION_FILE} (make one with "
+    return None, (f"No out-of-domain check: the checkpoint has no {domain_check.CALIBRATION_FILE} (make one with "
                   f"`python -m idinvert_jax.domain --checkpoint {checkpoint} --images HELD_OUT_IMAGES`).")
   return calibration, calibration.describe()
 
@@ -260,7 +260,7 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
   done = folder_lib.load_parts(output)
   order = [i for i, s in enumerate(sources) if s in done]
   rows = [done[sources[i]] for i in order]
-  outside = domain.verdicts(calibration, [float(r["psnr"]) for r in rows], settings.method)
+  outside = domain_check.verdicts(calibration, [float(r["psnr"]) for r in rows], settings.method)
   warnings = [calibration.warning(names[i], float(r["psnr"]), settings.method)
               for i, r, o in zip(order, rows, outside) if o]
   for line in warnings:

@@ -11,15 +11,15 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from idinvert_jax import app, checkpoint, inversion
+from idinvert_jax import app, export, inversion
 
 
 @pytest.fixture(scope="module")
 def editor(tmp_path_factory):
   """A tiny random model (32 px, 8 W+ layers) with one official-format boundary in a --boundaries folder."""
   config = tiny.get_config()
-  models = checkpoint.create_models(config, jax.random.key(0), names=("generator", "encoder"))
-  ckpt = checkpoint.save_models(tmp_path_factory.mktemp("ckpt"), config, models.variables())
+  models = export.create_models(config, jax.random.key(0), names=("generator", "encoder"))
+  ckpt = export.save_models(tmp_path_factory.mktemp("ckpt"), config, models.variables())
   folder = tmp_path_factory.mktemp("boundaries")
   num_layers, w_dim = int(models.generator.num_layers), int(models.generator.w_dim)
   direction = np.random.default_rng(0).normal(size=(1, num_layers, w_dim)).astype(np.float32)

@@ -153,20 +153,20 @@ def test_non_square_inputs_are_stretched_and_the_run_says_so_once(job, image_dir
 
 
 def test_crop_center_cuts_the_central_square(ckpt, image_dir, tmp_path):
-  summary = invert_cli.run_inversion(ckpt, [image_dir / "b.png"], tmp_path / "out", overrides=SETTINGS,
+  summary = invert_job.run_inversion(ckpt, [image_dir / "b.png"], tmp_path / "out", overrides=SETTINGS,
                                      progress=False, crop="center")
   assert len(summary.notes) == 1 and "central square" in summary.notes[0]
   b = np.asarray(Image.open(image_dir / "b.png"))
   centre = np.asarray(Image.fromarray(b[4:44]).resize((32, 32), Image.Resampling.LANCZOS))
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "b_ori.png")), centre)
-  with pytest.raises(invert_cli.InvertJobError, match="crop 'middle' is unknown"):
-    invert_cli.crop_policy_note([image_dir / "b.png"], "middle", 32)
-  assert invert_cli.crop_policy_note([image_dir / "a.png"], "none", 32) is None  # Square inputs: nothing said.
+  with pytest.raises(invert_job.InvertJobError, match="crop 'middle' is unknown"):
+    invert_job.crop_policy_note([image_dir / "b.png"], "middle", 32)
+  assert invert_job.crop_policy_note([image_dir / "a.png"], "none", 32) is None  # Square inputs: nothing said.
 
 
 def test_domain_calibration_flags_poor_reconstructions(job, ckpt, image_dir, tmp_path):
   """With a domain.json in the checkpoint, images below the threshold are flagged in the CSV, HTML and summary."""
-  from idinvert_jax import domain
+  from idinvert_jax import domain_check
   out = tmp_path / "out"
   shutil.copytree(job[0], out)
   calibrated = tmp_path / "ckpt"
@@ -174,10 +174,10 @@ def test_domain_calibration_flags_poor_reconstructions(job, ckpt, image_dir, tmp
   psnr = {r["name"]: float(r["psnr"]) for r in csv.DictReader(open(out / "metrics.csv"))}
   worst = min(psnr, key=psnr.get)
   threshold = (psnr[worst] + min(v for k, v in psnr.items() if k != worst)) / 2
-  domain.save(calibrated, domain.Calibration(
+  domain_check.save(calibrated, domain_check.Calibration(
       thresholds={"indomain": threshold, "encoder": 0.0}, percentile=5, num_images=64, images="test images",
       settings={"num_iterations": 2}, psnr_range={}, command="test"))
-  summary = invert_cli.run_inversion(calibrated, [image_dir], out, overrides=SETTINGS, progress=False)
+  summary = invert_job.run_inversion(calibrated, [image_dir], out, overrides=SETTINGS, progress=False)
   assert summary.num_skipped == 3  # Resumed: the verdict needs no new inversion.
   assert len(summary.outside_domain) == 1 and summary.outside_domain[0].startswith(f"{worst}: outside the model")
   rows = {r["name"]: r["domain"] for r in csv.DictReader(open(out / "metrics.csv"))}
@@ -185,9 +185,9 @@ def test_domain_calibration_flags_poor_reconstructions(job, ckpt, image_dir, tmp
   page = (out / "index.html").read_text()
   assert page.count('<p class="warning">WARNING: outside the model') == 1
   assert "5th percentile of 64 held-out images" in page
-  (calibrated / domain.CALIBRATION_FILE).write_text("{not json")
-  with pytest.raises(domain.DomainError, match="recompute it with"):
-    invert_cli.run_inversion(calibrated, [image_dir], out, overrides=SETTINGS, progress=False)
+  (calibrated / domain_check.CALIBRATION_FILE).write_text("{not json")
+  with pytest.raises(domain_check.DomainError, match="recompute it with"):
+    invert_job.run_inversion(calibrated, [image_dir], out, overrides=SETTINGS, progress=False)
 
 
 def test_align_inverts_each_face_and_skips_photos_without_one(ckpt, tmp_path):
@@ -199,7 +199,7 @@ def test_align_inverts_each_face_and_skips_photos_without_one(ckpt, tmp_path):
   with cbook.get_sample_data("grace_hopper.jpg") as f:
     (photos / "grace_hopper.jpg").write_bytes(f.read())
   Image.fromarray(np.full((60, 80, 3), 128, np.uint8)).save(photos / "wall.png")
-  summary = invert_cli.run_inversion(ckpt, [photos], tmp_path / "out", overrides=SETTINGS, progress=False,
+  summary = invert_job.run_inversion(ckpt, [photos], tmp_path / "out", overrides=SETTINGS, progress=False,
                                      align=True)
   out = tmp_path / "out"
   assert summary.num_done == 1 and [Path(p).name for p, _ in summary.failed] == ["wall.png"]
