@@ -1,5 +1,5 @@
-"""The invert.py output folder: its layout, the one writer (the inversion job) and the one reader (edit.py, the
-demo, the app).
+"""The invert.py output folder: its layout, the one writer (the inversion job) and the one reader (edit.py and
+the demo).
 
 Layout (the official `invert.py` one, plus metrics and resumability):
 
