@@ -141,15 +141,19 @@ def eye_and_mouth_points(landmarks: np.ndarray) -> dict[str, np.ndarray]:
           "mouth_left": landmarks[48], "mouth_right": landmarks[54]}
 
 
-def ffhq_quad(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
-  """FFHQ's oriented crop square: corners [4, 2] (top-left, bottom-left, bottom-right, top-right) and side."""
+def ffhq_quad(landmarks: np.ndarray, zoom: float = 1.0) -> tuple[np.ndarray, float]:
+  """FFHQ's oriented crop square: corners [4, 2] (top-left, bottom-left, bottom-right, top-right) and side.
+
+  zoom < 1 shrinks the square about the same centre: a tighter crop, for models trained on tightly cropped faces
+  (the shared CelebA-64 crops frame about zoom 0.8).
+  """
   p = eye_and_mouth_points(landmarks)
   eye_avg = (p["eye_left"] + p["eye_right"]) / 2
   eye_to_eye = p["eye_right"] - p["eye_left"]
   eye_to_mouth = (p["mouth_left"] + p["mouth_right"]) / 2 - eye_avg
   # x: the eye line blended with the mouth direction turned by -90 degrees, so a tilted mouth also levels it.
   x = eye_to_eye - np.array([-eye_to_mouth[1], eye_to_mouth[0]])
-  x = x / np.hypot(*x) * max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
+  x = x / np.hypot(*x) * max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8) * zoom
   y = np.array([-x[1], x[0]])  # x turned by +90 degrees (image y points down).
   centre = eye_avg + eye_to_mouth * 0.1
   quad = np.stack([centre - x - y, centre - x + y, centre + x + y, centre + x - y])
@@ -192,7 +196,7 @@ def _blur_pad(image: np.ndarray, pad: tuple[int, int, int, int], side: float) ->
 
 
 def align_face(rgb: np.ndarray, landmarks: np.ndarray, output_size: int = DEFAULT_SIZE,
-               transform_size: int | None = None, enable_padding: bool = True) -> np.ndarray:
+               transform_size: int | None = None, enable_padding: bool = True, zoom: float = 1.0) -> np.ndarray:
   """Crops one face out of a uint8 RGB photo the FFHQ way -> uint8 [output_size, output_size, 3].
 
   Args:
@@ -201,10 +205,11 @@ def align_face(rgb: np.ndarray, landmarks: np.ndarray, output_size: int = DEFAUL
     output_size: side of the result.
     transform_size: side of the intermediate quad sampling (default 4x the output, as FFHQ's 4096 -> 1024).
     enable_padding: blur-pad where the square leaves the photo (else the outside is black).
+    zoom: scale of the crop square (1 = FFHQ's; see `ffhq_quad`).
   """
   transform_size = transform_size or 4 * output_size
   image = Image.fromarray(np.ascontiguousarray(rgb, np.uint8))
-  quad, side = ffhq_quad(landmarks)
+  quad, side = ffhq_quad(landmarks, zoom)
 
   shrink = int(np.floor(side / output_size * 0.5))  # Integer pre-shrink of much larger photos (anti-aliasing).
   if shrink > 1:
@@ -250,12 +255,13 @@ class AlignedFace:
 
 
 def align_image(rgb: np.ndarray, output_size: int = DEFAULT_SIZE, largest_only: bool = False,
-                source: str = "<image>") -> list[AlignedFace]:
+                source: str = "<image>", zoom: float = 1.0) -> list[AlignedFace]:
   """Every face of a uint8 RGB photo aligned (largest first), or only the largest; [] when there is none."""
   faces = detect_faces(rgb)
   if largest_only:
     faces = faces[:1]
-  return [AlignedFace(source, k, face, align_face(rgb, face.landmarks, output_size)) for k, face in enumerate(faces)]
+  return [AlignedFace(source, k, face, align_face(rgb, face.landmarks, output_size, zoom=zoom))
+          for k, face in enumerate(faces)]
 
 
 def output_stems(stem: str, count: int, largest_only: bool) -> list[str]:

@@ -134,9 +134,12 @@ class Editor:
 
   # Inputs.
 
-  def load_photo(self, path: str | Path, align_face: bool = True, crop: str = "none"
+  def load_photo(self, path: str | Path, align_face: bool = True, crop: str = "none", align_zoom: float = 1.0
                  ) -> tuple[str, np.ndarray, list[str]]:
-    """An uploaded file -> (name, uint8 [R, R, 3] the model will see, notes). Raises AppError (one line)."""
+    """An uploaded file -> (name, uint8 [R, R, 3] the model will see, notes). Raises AppError (one line).
+
+    align_zoom: crop scale of the alignment (1 = FFHQ's; < 1 for models trained on tighter crops).
+    """
     from idinvert_jax import align  # pylint: disable=import-outside-toplevel
     from idinvert_jax.data import preprocess  # pylint: disable=import-outside-toplevel
     path = Path(path)
@@ -162,7 +165,7 @@ class Editor:
       raise AppError(f"{name}: {e.reason}; {fix}.") from None
     notes = []
     if align_face and self.can_align:
-      faces = align.align_image(rgb, self.resolution, largest_only=True, source=name)
+      faces = align.align_image(rgb, self.resolution, largest_only=True, source=name, zoom=align_zoom)
       if not faces:
         raise AppError(f"no face found in {name}; upload a photo with a visible face, or untick 'align' to invert "
                        "the whole picture.")

@@ -48,6 +48,22 @@ def test_quad_of_a_level_face_is_the_recipe_square():
   np.testing.assert_allclose(align.aligned_eyes(lm, SIZE), _canonical_eyes(60, 100, SIZE), atol=1e-9)
 
 
+def test_zoom_shrinks_the_square_about_the_same_centre():
+  lm = _face_landmarks([100, 200], [160, 200], [110, 260], [150, 260])
+  quad, side = align.ffhq_quad(lm)
+  tight, tight_side = align.ffhq_quad(lm, zoom=0.8)
+  assert tight_side == pytest.approx(0.8 * side)
+  np.testing.assert_allclose(tight.mean(axis=0), quad.mean(axis=0), atol=1e-9)
+  np.testing.assert_allclose(tight - tight.mean(axis=0), 0.8 * (quad - quad.mean(axis=0)), atol=1e-9)
+  # The face fills more of the aligned crop: a photo's pixel row is sampled 1 / 0.8 times larger.
+  photo = np.zeros((400, 300, 3), np.uint8)
+  photo[:, 130:] = 255  # Right half white: the edge sits at the face centre, so it stays at the crop centre.
+  photo[300:] = 128     # Below the chin (the FFHQ square ends at row 326, zoom 0.5's at 266): grey.
+  wide, close = align.align_face(photo, lm, 64), align.align_face(photo, lm, 64, zoom=0.5)
+  grey = lambda rows: np.abs(rows.astype(int) - 128) <= 2
+  assert grey(wide[-2:]).all() and not grey(close[-8:]).any()
+
+
 def test_quad_turns_with_the_face():
   lm = _face_landmarks([100, 200], [160, 200], [110, 260], [150, 260])
   angle = np.deg2rad(25)

@@ -69,7 +69,8 @@ def _panel(image: np.ndarray, smooth: bool = False) -> np.ndarray:
 
 
 def make_figure(checkpoint, photo: Path, source: str, edit_specs=None, boundaries_dir=None,
-                num_iterations: int | None = None, editor: app.Editor | None = None) -> tuple[np.ndarray, dict]:
+                num_iterations: int | None = None, editor: app.Editor | None = None,
+                align_zoom: float = 1.0) -> tuple[np.ndarray, dict]:
   """The figure (uint8 [H, W, 3]) and its numbers (`editor`: an already compiled app.Editor to reuse)."""
   from idinvert_jax.data import preprocess  # pylint: disable=import-outside-toplevel
   editor = editor or app.Editor(checkpoint, boundaries_dir, num_iterations)
@@ -78,7 +79,7 @@ def make_figure(checkpoint, photo: Path, source: str, edit_specs=None, boundarie
                      "`pip install -e .[align]`.")
   edits = parse_edits(edit_specs, editor.directions)
   try:
-    name, aligned, _ = editor.load_photo(photo, align_face=True)
+    name, aligned, _ = editor.load_photo(photo, align_face=True, align_zoom=align_zoom)
   except app.AppError as e:
     raise SystemExit(f"real_face_figure: {e}") from None
   face = editor.invert(name, aligned)
@@ -95,7 +96,8 @@ def make_figure(checkpoint, photo: Path, source: str, edit_specs=None, boundarie
              "OUTSIDE the model's domain" if face.outside else "inside the model's domain")
   threshold = editor.calibration.threshold("indomain") if editor.calibration else None
   caption = (f"Photo: {Path(photo).name} ({source}). Model: {editor.checkpoint} ({editor.resolution} px). "
-             f"FFHQ alignment (dlib 68 landmarks), encoder, then {editor.settings.num_iterations} in-domain steps "
+             "FFHQ alignment (dlib 68 landmarks" + (f", crop zoom {align_zoom:g}" if align_zoom != 1 else "")
+             + f"), encoder, then {editor.settings.num_iterations} in-domain steps "
              f"(lambda_enc {editor.settings.loss_weight_enc:g}); PSNR of the reconstructions vs the aligned face; "
              f"out-of-domain check: {verdict}"
              + (f" (threshold {threshold:.1f} dB)" if threshold is not None else "") + ". Edits move the inverted "
@@ -130,8 +132,13 @@ def main(argv=None) -> int:
   parser.add_argument("--boundaries", default=None, help="Extra boundary folder (official .npy or project .npz).")
   parser.add_argument("--num_iterations", type=int, default=None,
                       help="In-domain steps (default: the checkpoint's config.invert, official 100).")
+  parser.add_argument("--align_zoom", type=float, default=1.0,
+                      help="Scale of the alignment crop: 1 = FFHQ's; below 1 = tighter, to frame the face as the "
+                      "model's training data was (the shared CelebA-64 crops: about 0.8).")
   parser.add_argument("--output", required=True, help="The PNG to write.")
   args = parser.parse_args(argv)
+  if not 0.2 <= args.align_zoom <= 2:
+    parser.error(f"--align_zoom {args.align_zoom}: use a value between 0.2 and 2 (1 = FFHQ's crop)")
   if args.photo and not args.source:
     parser.error("--source is required with --photo: the caption must name where the photo is from and its licence")
   if args.edit is not None and len(args.edit) != 2:
@@ -139,7 +146,7 @@ def main(argv=None) -> int:
   photo = Path(args.photo) if args.photo else default_photo()
   try:
     figure, numbers = make_figure(args.checkpoint, photo, args.source or DEFAULT_SOURCE, args.edit,
-                                  args.boundaries, args.num_iterations)
+                                  args.boundaries, args.num_iterations, align_zoom=args.align_zoom)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"real_face_figure: error: {e}") from None
   path = files.atomic_save_png(args.output, figure)
