@@ -12,6 +12,7 @@ Multi-host: pass --coordinator_address/--num_processes/--process_id (or set JAX_
 IDINVERT_DISTRIBUTED=1 lets JAX detect a TPU pod / SLURM on its own) and run the same command on every host.
 """
 import importlib
+import sys
 
 from absl import app
 from absl import flags
@@ -62,8 +63,12 @@ def main(argv):
     for stage in stages:
       print_compile_report(training, config, stage, mesh)
     return
+  from idinvert_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
   for stage in stages:
-    result = training.train(config, FLAGS.workdir, stage, mesh=mesh)
+    try:
+      result = training.train(config, FLAGS.workdir, stage, mesh=mesh)
+    except checkpoints.CheckpointMismatchError as e:
+      sys.exit(f"train.py: {e}")
     if result.preempted:
       logging.warning("%s training stopped early (preemption) at step %d; re-run to resume", stage, result.step)
       return
@@ -91,7 +96,6 @@ def print_compile_report(training, config, stage, mesh):
 
 
 if __name__ == "__main__":
-  import sys
   error = moved_flag_error(sys.argv)
   if error:
     sys.exit(error)
