@@ -148,6 +148,26 @@ def _batch_record(models, x, result: inversion.InversionResult, sources, names, 
   return record
 
 
+def finite_rows(result: inversion.InversionResult) -> np.ndarray:
+  """bool [N]: the images whose codes and final losses are all finite (a diverged optimisation is a failure)."""
+  finite = np.isfinite(result.codes).reshape(len(result.codes), -1).all(axis=1)
+  for values in result.losses.values():
+    finite &= np.isfinite(np.asarray(values)).reshape(len(finite), -1).all(axis=1)
+  return finite
+
+
+def select_rows(result: inversion.InversionResult, keep: np.ndarray) -> inversion.InversionResult:
+  """The result of the images where `keep` is True (every per-image array cut the same way)."""
+  def cut(array):
+    return None if array is None else np.asarray(array)[keep]
+  return dataclasses.replace(
+      result, codes=cut(result.codes), encoder_codes=cut(result.encoder_codes),
+      reconstructions=cut(result.reconstructions), encoder_reconstructions=cut(result.encoder_reconstructions),
+      snapshots=[(step, cut(images)) for step, images in result.snapshots],
+      losses={name: cut(values) for name, values in result.losses.items()},
+      loss_history=[(step, {name: cut(v) for name, v in values.items()}) for step, values in result.loss_history])
+
+
 @dataclasses.dataclass
 class InversionSummary:
   output: Path
@@ -184,6 +204,7 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
   """
   from idinvert_jax import data  # pylint: disable=import-outside-toplevel
   output = Path(output)
+  inversion.InvertSettings.from_config(config, **(overrides or {}))  # Bad flag values: refused before loading.
   if models is None:
     models = load_job_models(checkpoint, config)
   settings = inversion.InvertSettings.from_config(config if config is not None else models.config,
@@ -247,6 +268,16 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
     start = time.perf_counter()
     result = inversion.invert(x, inverter, settings, progress=progress, devices=devices)
     seconds = (time.perf_counter() - start) / len(loaded)
+    finite = finite_rows(result)
+    for j in np.flatnonzero(~finite):  # Not written, not marked done: the next run tries them again.
+      failed.append((str(paths[loaded[j]]), "non-finite codes or losses (lower --learning_rate or check the "
+                     "loss weights); not saved, retried on the next run"))
+      logging.warning("failed %s: %s", paths[loaded[j]], failed[-1][1])
+    if not finite.all():
+      result = select_rows(result, finite)
+      x, loaded = x[finite], [i for i, ok in zip(loaded, finite) if ok]
+      if not loaded:
+        continue
     record = _batch_record(models, x, result, [sources[i] for i in loaded], [names[i] for i in loaded],
                            seconds)
     for j, i in enumerate(loaded):  # PNGs first, the part file last: the part marks the batch as done.

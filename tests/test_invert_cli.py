@@ -209,3 +209,31 @@ def test_align_inverts_each_face_and_skips_photos_without_one(ckpt, tmp_path):
   assert aligned.shape == (32, 32, 3)  # Aligned straight to the model's resolution: what it inverts.
   np.testing.assert_array_equal(np.asarray(Image.open(out / "grace_hopper_ori.png")), aligned)
   assert (out / "image_list.txt").read_text().strip() == str((out / "aligned" / "grace_hopper.png").resolve())
+
+
+def test_non_finite_results_fail_the_image_and_are_retried_on_the_next_run(job, ckpt, image_dir, tmp_path,
+                                                                           monkeypatch):
+  """A diverged optimisation (NaN codes or an infinite loss) is a failure: named, not saved, not marked done."""
+  real_invert = inversion.invert
+
+  def diverging(x, *args, **kwargs):
+    result = real_invert(x, *args, **kwargs)
+    result.codes[0] = np.nan  # the first image of every batch diverges
+    result.losses["total"][-1] = np.inf  # and the last one's loss blows up
+    return result
+
+  out = tmp_path / "out"
+  monkeypatch.setattr(inversion, "invert", diverging)
+  summary = invert_job.run_inversion(ckpt, [image_dir], out, overrides=SETTINGS, progress=False)
+  # Batches (a, b) and (broken, c): a and b diverge, c is its batch's only image (first and last).
+  assert sorted(Path(p).name for p, _ in summary.failed) == ["a.png", "b.png", "broken.png", "c.png"]
+  assert summary.num_inverted == 0 and summary.num_done == 0
+  failed_txt = (out / "failed.txt").read_text()
+  assert "a.png\tnon-finite codes or losses" in failed_txt and not list(out.glob("*_inv.png"))
+  assert not list((out / inversion_folder.PARTS_DIR).glob("batch_*.npz"))
+  monkeypatch.setattr(inversion, "invert", real_invert)
+  summary = invert_job.run_inversion(ckpt, [image_dir], out, overrides=SETTINGS, progress=False)
+  assert summary.num_inverted == 3 and summary.num_done == 3 and summary.num_skipped == 0
+  np.testing.assert_allclose(np.load(out / "inverted_codes.npy"), np.load(job[0] / "inverted_codes.npy"),
+                             atol=1e-5)
+  assert np.isfinite(np.load(out / "inverted_codes.npy")).all()
