@@ -1,6 +1,8 @@
 """Atomic file output: every file is written to a temporary name in its folder, then renamed into place.
 
 A killed job therefore never leaves a half-written output behind; resumable jobs can trust any file they find.
+Files get the mode a plain open() would give them (0666 less the umask: 0644 under the usual 022), not
+mkstemp's 0600.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
+    os.fchmod(fd, 0o666 & ~current_umask())
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
@@ -31,6 +34,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
       os.unlink(tmp)
     raise
   return path
+
+
+def current_umask() -> int:
+  """The process umask, read without changing it where Linux shows it (os.umask can only be read by setting
+  it, which races with other threads creating files)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
