@@ -15,11 +15,17 @@ Inputs: non-square images are stretched to the model's square as the official co
 --crop center cuts their central square instead; --align detects every face and crops it the FFHQ way (needs
 `pip install -e .[align]`). With a calibrated checkpoint (domain.json, see `python -m idinvert_jax.domain`) an
 image whose reconstruction stays below its held-out data's PSNR is flagged as outside the model's domain.
+
+Exit codes: 0 every image inverted; 1 nothing could be done (usage error, missing checkpoint or images, bad
+settings); 2 finished but some inputs failed (unreadable, no face with --align, or a non-finite result):
+listed in failed.txt in --output and in its index.html; a rerun retries them.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from idinvert_jax import invert_job
+from idinvert_jax import exit_codes, invert_job
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Optional experiment config file (must match the checkpoint's "
@@ -56,18 +62,19 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:  # User-fixable: one line, no traceback.
     raise SystemExit(f"invert.py: error: {e}") from e
   m = summary.mean_metrics
-  logging.info("done: %d images in %s (%d inverted now, %d skipped as done, %d failed); mean MSE %.4g, "
-               "PSNR %.2f dB, SSIM %.4f, %.2f s/image", summary.num_done, summary.output, summary.num_inverted,
-               summary.num_skipped, len(summary.failed), m["mse"], m["psnr"], m["ssim"], m["seconds"])
+  logging.info("done: %s; mean MSE %.4g, PSNR %.2f dB, SSIM %.4f, %.2f s/image", invert_job.summary_line(summary),
+               m["mse"], m["psnr"], m["ssim"], m["seconds"])
   for note in summary.notes:
     print(f"note: {note}")
-  print(f"{summary.num_done} images inverted into {summary.output} ({summary.num_skipped} skipped as done).")
+  print(invert_job.summary_line(summary))
   for line in summary.outside_domain:
     print(f"WARNING {line}")
   for path, reason in summary.failed:
     print(f"FAILED {path}: {reason}")
   if summary.failed:
-    print(f"{len(summary.failed)} input(s) could not be read; listed in {summary.output / 'failed.txt'}.")
+    print(f"{len(summary.failed)} input(s) failed; listed in {summary.output / 'failed.txt'} and "
+          f"{summary.output / 'index.html'}.")
+  sys.exit(exit_codes.for_failures(summary.failed))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ r"""Trains the two stages of In-Domain GAN Inversion: the StyleGAN generator, th
 Re-running the same command resumes from WORKDIR/checkpoints/<stage>. SIGTERM/SIGINT save a checkpoint and exit.
 Multi-host: pass --coordinator_address/--num_processes/--process_id (or set JAX_COORDINATOR_ADDRESS, ...;
 IDINVERT_DISTRIBUTED=1 lets JAX detect a TPU pod / SLURM on its own) and run the same command on every host.
+
+Exit codes: 0 trained (or stopped by a preemption signal after saving: rerun to resume); 1 nothing could be done
+(usage error, a checkpoint of another config in --workdir, no generator for the encoder stage, a NaN loss).
 """
 import importlib
 import sys

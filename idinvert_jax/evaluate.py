@@ -378,11 +378,11 @@ def run_comparison(checkpoint: str, images: Sequence[str], output: str, config: 
 
 def _user_errors() -> tuple[type, ...]:
   """Exceptions that mean a fixable input problem: printed as one line instead of a traceback."""
-  from idinvert_jax import export, inversion
+  from idinvert_jax import data, export, inversion
   from idinvert_jax.data import sources
   from idinvert_jax.editing import boundaries
   return (EvaluateError, inversion.InversionError, export.CheckpointError, sources.InputNotFoundError,
-          sources.EmptySourceError, boundaries.BoundaryFileError)
+          sources.EmptySourceError, boundaries.BoundaryFileError, data.ImageError)
 
 
 def main(argv=None) -> None:

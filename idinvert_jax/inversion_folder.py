@@ -12,8 +12,8 @@ Layout (the official `invert.py` one, plus metrics and resumability):
   <name>_inv.png           G(inverted code)
   metrics.csv              per image: MSE, PSNR, SSIM, perceptual distance, seconds (+ the encoder's MSE/PSNR)
   index.html               original | encoder | snapshots | final, side by side, and the metrics table
-  failed.txt               inputs that could not be read, or had no face (align), with the reason (only when
-                           there are any)
+  failed.txt               inputs that failed (unreadable, no face found with align, or a non-finite result), with
+                           the reason (only when there are any; also listed in index.html; a rerun retries them)
   aligned/                 with align: the FFHQ-aligned faces that were inverted, and alignment.json
   .parts/                  per-batch results (batch_<i>.npz) and the settings they were made with (settings.json);
                            a rerun on the same folder skips images already done
@@ -122,12 +122,16 @@ def next_part_index(folder: Path) -> int:
 
 def write_summary(folder: Path, names: Sequence[str], sources: Sequence[str], rows: Sequence[dict],
                   save_steps: Sequence[int], settings, has_perceptual: bool,
-                  outside: Sequence[bool | None] | None = None, domain_note: str = "", notes: Sequence[str] = ()
-                  ) -> None:
+                  outside: Sequence[bool | None] | None = None, domain_note: str = "", notes: Sequence[str] = (),
+                  failed: Sequence[tuple[str, str]] = ()) -> None:
   """The folder-wide files from every done image's stored results (`rows`, in input order): the codes, the list,
   metrics.csv and index.html. `settings`: the InvertSettings the images were inverted with; `outside`: each
-  image's out-of-domain verdict (None: no calibration); `domain_note` and `notes` (input policy) go on the page."""
+  image's out-of-domain verdict (None: no calibration); `domain_note` and `notes` (input policy) go on the page,
+  and so do the `failed` inputs (also when no image is done)."""
   if not rows:
+    if failed:
+      _write_html(folder / INDEX_FILE, [], [], save_steps, settings, False, has_perceptual, [], domain_note, notes,
+                  failed)
     return
   files.atomic_save_npy(folder / CODES_FILE, np.stack([r["codes"] for r in rows]).astype(np.float32))
   if all(not np.isnan(r["encoder_codes"]).all() for r in rows):
@@ -136,11 +140,12 @@ def write_summary(folder: Path, names: Sequence[str], sources: Sequence[str], ro
   outside = list(outside) if outside is not None else [None] * len(names)
   _write_metrics_csv(folder / METRICS_FILE, names, sources, rows, has_perceptual, outside)
   _write_html(folder / INDEX_FILE, names, rows, save_steps, settings, has_encoder=(folder / ENCODED_FILE).exists(),
-              has_perceptual=has_perceptual, outside=outside, domain_note=domain_note, notes=notes)
+              has_perceptual=has_perceptual, outside=outside, domain_note=domain_note, notes=notes,
+              failed=failed)
 
 
 def write_failed(folder: Path, failed: Sequence[tuple[str, str]]) -> None:
-  """failed.txt lists the unreadable inputs (and photos without a face) and why; removed when there are none."""
+  """failed.txt lists the failed inputs (unreadable, no face, non-finite result) and why; removed when none."""
   path = folder / FAILED_FILE
   if failed:
     files.atomic_write_text(path, "".join(f"{p}\t{reason}\n" for p, reason in failed))
@@ -170,7 +175,8 @@ def _write_metrics_csv(path: Path, names, sources, rows, has_perceptual: bool, o
 
 
 def _write_html(path: Path, names, rows, save_steps, settings, has_encoder: bool, has_perceptual: bool,
-                outside, domain_note: str = "", notes: Sequence[str] = ()) -> None:
+                outside, domain_note: str = "", notes: Sequence[str] = (),
+                failed: Sequence[tuple[str, str]] = ()) -> None:
   from idinvert_jax import report  # pylint: disable=import-outside-toplevel
   text = (f"method {settings.method}, {settings.num_iterations} iterations, lr {settings.learning_rate}, "
           f"loss weights pix {settings.loss_weight_pix} / feat {settings.loss_weight_feat} / enc "
@@ -182,6 +188,10 @@ def _write_html(path: Path, names, rows, save_steps, settings, has_encoder: bool
   table_rows = [[n, _fmt(r["mse"]), _fmt(r["psnr"]), _fmt(r["ssim"]), _fmt(r["perceptual"]), _fmt(r["seconds"]),
                  _fmt(r["enc_mse"]), _fmt(r["enc_psnr"]), DOMAIN_LABELS[o]] for n, r, o in zip(names, rows, outside)]
   sections = [report.Section("Summary", text=text, table=(header, table_rows))]
+  if failed:
+    sections.append(report.Section(f"Failed inputs ({len(failed)}, also in {FAILED_FILE})",
+                                   text="Not saved; a rerun on this folder tries them again.",
+                                   table=(["input", "reason"], [[p, reason] for p, reason in failed])))
   for name, r, o in zip(names, rows, outside):
     images = [(image_file(name, "ori"), "original")]
     if has_encoder:

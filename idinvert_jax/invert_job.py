@@ -148,6 +148,21 @@ def _batch_record(models, x, result: inversion.InversionResult, sources, names, 
   return record
 
 
+def _reason(error: Exception, path) -> str:
+  """The error's first line without the path in front (the caller names the path once)."""
+  text = str(error).splitlines()[0] if str(error) else type(error).__name__
+  for prefix in (f"{path}: ", f"{Path(path).resolve()}: "):
+    if text.startswith(prefix):
+      return text[len(prefix):]
+  return text
+
+
+def summary_line(summary: "InversionSummary") -> str:
+  """'5 images in out/: 2 inverted now, 3 skipped as done, 1 failed' (counts of this run, then the folder's)."""
+  return (f"{summary.num_done} images in {summary.output}: {summary.num_inverted} inverted now, "
+          f"{summary.num_skipped} skipped as done, {len(summary.failed)} failed")
+
+
 def finite_rows(result: inversion.InversionResult) -> np.ndarray:
   """bool [N]: the images whose codes and final losses are all finite (a diverged optimisation is a failure)."""
   finite = np.isfinite(result.codes).reshape(len(result.codes), -1).all(axis=1)
@@ -260,7 +275,7 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
         arrays.append(data.load_image(paths[i], resolution, CROP_MODES[crop]))
         loaded.append(i)
       except (data.ImageError, OSError) as e:
-        failed.append((str(paths[i]), str(e).splitlines()[0] if str(e) else type(e).__name__))
+        failed.append((str(paths[i]), _reason(e, paths[i])))
         logging.warning("skipping %s: %s", paths[i], failed[-1][1])
     if not loaded:
       continue
@@ -296,10 +311,10 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
               for i, r, o in zip(order, rows, outside) if o]
   for line in warnings:
     logging.warning("%s", line)
+  folder_lib.write_failed(output, input_failures + failed)
   folder_lib.write_summary(output, [names[i] for i in order], [sources[i] for i in order], rows, save_steps,
                            settings, has_perceptual=models.perceptual_vars is not None, outside=outside,
-                           domain_note=domain_note, notes=notes)
-  folder_lib.write_failed(output, input_failures + failed)
+                           domain_note=domain_note, notes=notes, failed=input_failures + failed)
   means = {k: float(np.mean([r[k] for r in rows])) if rows else math.nan
            for k in ("mse", "psnr", "ssim", "perceptual", "seconds")}
   return InversionSummary(output=output, num_done=len(rows), num_inverted=len(sources) - skipped - len(failed),

@@ -312,11 +312,11 @@ def test_export_writes_a_subset_as_pngs(tmp_path, capsys):
 def test_export_errors_are_one_line_naming_the_flag(tmp_path, capsys, args, fix):
   np.savez(tmp_path / "data.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
   argv = ["export"] + [a.format(tmp=tmp_path) for a in args] + ["--output", str(tmp_path / "out")]
-  assert data_cli.main(argv) == 2
+  assert data_cli.main(argv) == 1
   err = capsys.readouterr().err
   assert err.startswith("error: ") and fix in err and err.count("\n") == 1
   assert not list(tmp_path.glob("out/*.png"))
-  assert data_cli.main(["export", "--path", str(tmp_path / "data.npz"), "--output", str(tmp_path / "x.png")]) == 2
+  assert data_cli.main(["export", "--path", str(tmp_path / "data.npz"), "--output", str(tmp_path / "x.png")]) == 1
   assert "give a folder for --output" in capsys.readouterr().err
 
 
@@ -332,3 +332,20 @@ def test_training_iterator_reads_only_the_subset(tmp_path):
       assert images.shape == (5, 8, 8, 3)
       assert sorted(images[:, 0, 0, 0] // 10) == [7, 8, 9, 10, 11]
       assert sorted(indices) == [0, 1, 2, 3, 4]  # Indices of the subset source.
+
+
+def test_export_exit_codes_follow_the_policy(tmp_path, capsys):
+  """0 all exported; 2 finished but some inputs failed (failed.txt in the output folder); 1 usage errors."""
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "good.png")
+  (folder / "broken.png").write_text("not a png")
+  out = tmp_path / "out"
+  assert data_cli.main(["export", "--path", str(folder), "--output", str(out)]) == 2
+  assert "broken.png" in (out / data_cli.FAILED_FILE).read_text() and "failed.txt" in capsys.readouterr().out
+  (folder / "broken.png").unlink()
+  assert data_cli.main(["export", "--path", str(folder), "--output", str(out)]) == 0
+  assert not (out / data_cli.FAILED_FILE).exists()  # nothing failed any more
+  with pytest.raises(SystemExit) as usage:
+    data_cli.main(["export", "--path", str(folder)])  # --output missing
+  assert usage.value.code == 1

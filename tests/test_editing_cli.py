@@ -81,7 +81,7 @@ def test_interpolate_within_one_folder_and_bad_indices(setup, tmp_path, capsys):
   assert codes.shape == (1, 2, 7, setup["L"], setup["D"])
   np.testing.assert_array_equal(codes[0, 1, -1], codes_a[2])
   assert cli.main(["interpolate", "--checkpoint", str(setup["ckpt"]), "--src_dir", str(a), "--src", "7",
-                   "--output", str(tmp_path / "bad")]) == 2
+                   "--output", str(tmp_path / "bad")]) == 1
   assert "--src [7] are out of range 0..2" in capsys.readouterr().err
 
 
@@ -182,7 +182,7 @@ def test_diffuse_writes_results_for_every_pair(setup, tmp_path):
   assert "diffusion.png" in (out / "index.html").read_text()
   # Without VGG16 weights in the checkpoint the perceptual objective is refused with a hint.
   assert cli.main(["diffuse", "--checkpoint", str(setup["ckpt"]), "--targets", str(tmp_path / "t.png"),
-                   "--contexts", str(contexts), "--output", str(tmp_path / "refused")]) == 2
+                   "--contexts", str(contexts), "--output", str(tmp_path / "refused")]) == 1
 
 
 def test_every_subcommand_documents_its_flags(capsys):
@@ -191,3 +191,12 @@ def test_every_subcommand_documents_its_flags(capsys):
       cli.main([command, "--help"])
     text = capsys.readouterr().out
     assert "--output" in text and "--checkpoint" in text
+
+
+def test_usage_errors_exit_1_and_help_states_the_exit_codes(capsys):
+  with pytest.raises(SystemExit) as usage:
+    cli.main(["manipulate", "--checkpoint", "x"])  # --output and --codes_dir missing
+  assert usage.value.code == 1
+  with pytest.raises(SystemExit):
+    cli.main(["--help"])
+  assert "Exit codes: 0" in capsys.readouterr().out

@@ -130,7 +130,7 @@ def test_invert_py_reports_a_missing_checkpoint_in_one_line(tmp_path):
   proc = subprocess.run([sys.executable, str(REPO / "invert.py"), "--checkpoint", str(tmp_path / "nope"),
                          "--images", str(tmp_path), "--output", str(tmp_path / "out")],
                         capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
-  assert proc.returncode != 0
+  assert proc.returncode == 1  # nothing could be done (exit-code policy)
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("invert.py: error:") and "does not exist" in last, proc.stderr[-2000:]
 
@@ -237,3 +237,28 @@ def test_non_finite_results_fail_the_image_and_are_retried_on_the_next_run(job, 
   np.testing.assert_allclose(np.load(out / "inverted_codes.npy"), np.load(job[0] / "inverted_codes.npy"),
                              atol=1e-5)
   assert np.isfinite(np.load(out / "inverted_codes.npy")).all()
+
+
+def test_invert_py_exits_2_when_inputs_failed_and_lists_them(ckpt, image_dir, tmp_path):
+  """Exit-code policy: 2 = finished but some inputs failed (failed.txt + index.html); a rerun counts right."""
+  out = tmp_path / "out"
+  args = [sys.executable, str(REPO / "invert.py"), "--checkpoint", str(ckpt), "--images", str(image_dir),
+          "--output", str(out), "--num_iterations", "2", "--num_results", "2", "--batch_size", "2"]
+  proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                        timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert f"3 images in {out}: 3 inverted now, 0 skipped as done, 1 failed" in proc.stdout
+  broken = str(image_dir / "broken.png")
+  failed_line = next(line for line in proc.stdout.splitlines() if line.startswith("FAILED"))
+  assert failed_line.count(broken) == 1, failed_line  # the path once, not twice
+  assert broken in (out / "failed.txt").read_text()
+  page = (out / "index.html").read_text()
+  assert "Failed inputs (1" in page and "broken.png" in page
+  summary = invert_job.run_inversion(ckpt, [image_dir], out, overrides=SETTINGS, progress=False)
+  assert invert_job.summary_line(summary) == f"3 images in {out}: 0 inverted now, 3 skipped as done, 1 failed"
+  (image_dir.parent / "good_only").mkdir()
+  shutil.copy(image_dir / "a.png", image_dir.parent / "good_only" / "a.png")
+  proc = subprocess.run(args[:5] + [str(image_dir.parent / "good_only"), "--output", str(tmp_path / "good")]
+                        + args[8:], capture_output=True, text=True, cwd=REPO, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0 and not (tmp_path / "good" / "failed.txt").exists(), proc.stderr[-2000:]

@@ -10,6 +10,9 @@ INV folders are written by invert.py (idinvert_jax/inversion_folder.py): inverte
 image_list.txt (one input path per line, in code order) and <name>_ori.png. Every command writes labelled PNG
 grids, an index.html showing them, and the edited codes as .npy (all atomically). This module only parses flags,
 reads the inputs and calls the jobs in idinvert_jax/editing/jobs.py.
+
+Exit codes: 0 done; 1 nothing could be done (usage error, missing checkpoint or input folder, bad boundary).
+Every command works on whole folders / code sets, so there is no partial result (code 2).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from idinvert_jax import exit_codes
 from idinvert_jax.editing import jobs
 from idinvert_jax.editing.jobs import EditError
 
@@ -211,8 +215,8 @@ def _common(parser: argparse.ArgumentParser, needs_checkpoint: bool = True, batc
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="edit.py", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = exit_codes.ArgumentParser(prog="edit.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
   p = sub.add_parser("interpolate", help="Linear interpolation between inverted codes.",
@@ -311,6 +315,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.func(args)
   except (ValueError, FileNotFoundError) as e:  # User-fixable errors (the project's convention).
     print(f"edit.py {args.command}: {e}", file=sys.stderr)
-    return 2
+    return exit_codes.NOTHING_DONE
   print(f"wrote {Path(args.output) / 'index.html'}")
-  return 0
+  return exit_codes.OK
