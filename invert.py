@@ -59,7 +59,7 @@ def main(argv):
     summary = invert_job.run_inversion(FLAGS.checkpoint, images, FLAGS.output, config=FLAGS.config,
                                        overrides=overrides, overwrite=FLAGS.overwrite, crop=FLAGS.crop,
                                        align=FLAGS.align, largest_face=FLAGS.largest_face)
-  except (ValueError, FileNotFoundError) as e:  # User-fixable: one line, no traceback.
+  except (ValueError, OSError) as e:  # User-fixable (bad flags, missing or unwritable paths): one line.
     raise SystemExit(f"invert.py: error: {e}") from e
   m = summary.mean_metrics
   logging.info("done: %s; mean MSE %.4g, PSNR %.2f dB, SSIM %.4f, %.2f s/image", invert_job.summary_line(summary),

@@ -36,6 +36,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
   return path
 
 
+class OutputFolderError(ValueError):
+  """An output path that is a file, or a folder this process cannot write into (one line, names the fix)."""
+
+
+def check_output_folder(path: str | os.PathLike, flag: str = "--output") -> Path:
+  """Creates `path` if needed and checks that files can be written there; raises OutputFolderError if not."""
+  path = Path(path)
+  if path.exists() and not path.is_dir():
+    raise OutputFolderError(f"{path} is a file, not a folder; give a folder for {flag}.")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test.")
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise OutputFolderError(f"{path}: cannot write there ({e.strerror or e}); choose another {flag} or fix its "
+                            "permissions.") from None
+  return path
+
+
 def current_umask() -> int:
   """The process umask, read without changing it where Linux shows it (os.umask can only be read by setting
   it, which races with other threads creating files)."""

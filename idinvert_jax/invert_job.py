@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from idinvert_jax import domain_check, inversion
+from idinvert_jax import domain_check, files, inversion
 from idinvert_jax import inversion_folder as folder_lib
 
 # The official CLI's flag names, fields of inversion.InvertSettings.
@@ -151,7 +152,7 @@ def _batch_record(models, x, result: inversion.InversionResult, sources, names, 
 def _reason(error: Exception, path) -> str:
   """The error's first line without the path in front (the caller names the path once)."""
   text = str(error).splitlines()[0] if str(error) else type(error).__name__
-  for prefix in (f"{path}: ", f"{Path(path).resolve()}: "):
+  for prefix in (f"{path}: ", f"{os.path.realpath(path)}: "):
     if text.startswith(prefix):
       return text[len(prefix):]
   return text
@@ -220,6 +221,8 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
   from idinvert_jax import data  # pylint: disable=import-outside-toplevel
   output = Path(output)
   inversion.InvertSettings.from_config(config, **(overrides or {}))  # Bad flag values: refused before loading.
+  if output.exists() and not output.is_dir():
+    raise InvertJobError(f"{output} is a file, not a folder; give a folder for --output.")
   if models is None:
     models = load_job_models(checkpoint, config)
   settings = inversion.InvertSettings.from_config(config if config is not None else models.config,
@@ -228,6 +231,7 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
   inverter.validate(settings)  # Mismatched checkpoint / missing encoder: fail before any work.
   resolution = int(models.config.model.resolution)
   paths = [Path(p) for p in data.expand_inputs(images)]  # Raises (one line) for missing paths or no images.
+  files.check_output_folder(output)  # A read-only folder: one line before any work.
   notes, input_failures = [], []
   if align:
     paths, input_failures, note = _align_inputs(paths, output / folder_lib.ALIGNED_DIR, resolution, largest_face,
@@ -244,7 +248,7 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
     logging.warning("%s", note)
   calibration, domain_note = _domain_calibration(checkpoint)  # A malformed file fails before any work.
   names = folder_lib.unique_names(paths)
-  sources = [str(p.resolve()) for p in paths]
+  sources = [os.path.realpath(p) for p in paths]  # (Path.resolve raises on a symlink loop; realpath does not.)
 
   fingerprint = _fingerprint(settings, models)
   if crop != "none":  # The crop changes the pixels inverted (absent for the default: older folders still match).

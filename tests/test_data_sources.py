@@ -1,5 +1,6 @@
 """Every image source yields the same preprocessed array for the same image; inputs expand predictably; user
 errors (empty folder, missing path, unprepared TFDS dataset, bad arrays) are one-line messages naming the path."""
+import os
 import pickle
 import socket
 from pathlib import Path
@@ -349,3 +350,19 @@ def test_export_exit_codes_follow_the_policy(tmp_path, capsys):
   with pytest.raises(SystemExit) as usage:
     data_cli.main(["export", "--path", str(folder)])  # --output missing
   assert usage.value.code == 1
+
+
+def test_unreadable_subfolders_are_named_and_the_rest_is_read(tmp_path, caplog, monkeypatch):
+  (tmp_path / "ok").mkdir()
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "ok" / "a.png")
+  (tmp_path / "locked").mkdir()
+  real_scandir = os.scandir
+
+  def scandir(path="."):  # as os.scandir on a folder without read permission (root can read any folder)
+    if str(path).endswith("locked"):
+      raise PermissionError(13, "Permission denied", str(path))
+    return real_scandir(path)
+
+  monkeypatch.setattr(os, "scandir", scandir)
+  assert [p.name for p in sources.expand_inputs([tmp_path])] == ["a.png"]
+  assert f"skipping {tmp_path / 'locked'}: Permission denied" in caplog.text

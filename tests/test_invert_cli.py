@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from idinvert_jax import export, inversion, inversion_folder, invert_job
+from idinvert_jax import export, files, inversion, inversion_folder, invert_job
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = dict(num_iterations=2, num_results=2, batch_size=2)
@@ -262,3 +262,28 @@ def test_invert_py_exits_2_when_inputs_failed_and_lists_them(ckpt, image_dir, tm
                         + args[8:], capture_output=True, text=True, cwd=REPO, timeout=300,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0 and not (tmp_path / "good" / "failed.txt").exists(), proc.stderr[-2000:]
+
+
+def test_symlink_loops_and_bad_output_paths_are_named_in_one_line(ckpt, image_dir, tmp_path, caplog):
+  """A symlink loop (a file and a folder) inside the input folder fails that entry only; an --output that is a
+  file or cannot be written is one line before any work."""
+  photos = tmp_path / "photos"
+  shutil.copytree(image_dir, photos)
+  (photos / "broken.png").unlink()
+  os.symlink("loop.png", photos / "loop.png")  # a file entry pointing at itself
+  os.symlink(".", photos / "sub")  # a folder loop
+  out = tmp_path / "out"
+  summary = invert_job.run_inversion(ckpt, [photos], out, overrides=SETTINGS, progress=False)
+  assert summary.num_inverted == 3 and [Path(p).name for p, _ in summary.failed] == ["loop.png"]
+  assert "loop.png" in (out / "failed.txt").read_text()
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  with pytest.raises(invert_job.InvertJobError, match=r"a_file is a file, not a folder; give a folder for --output"):
+    invert_job.run_inversion(ckpt, [photos], a_file, overrides=SETTINGS, progress=False)
+  with pytest.raises(files.OutputFolderError, match=r"^.*inside: cannot write there .*choose another --output"):
+    files.check_output_folder(a_file / "inside")
+  if os.geteuid() != 0:  # root writes into read-only folders, so this part is checked for other users only
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(files.OutputFolderError, match=r"locked: cannot write there \(Permission denied\)"):
+      invert_job.run_inversion(ckpt, [photos], locked, overrides=SETTINGS, progress=False)

@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     args.func(args)
-  except (ValueError, FileNotFoundError) as e:  # User-fixable errors (the project's convention).
+  except (ValueError, OSError) as e:  # User-fixable errors (bad inputs, missing or unwritable paths): one line.
     print(f"edit.py {args.command}: {e}", file=sys.stderr)
     return exit_codes.NOTHING_DONE
   print(f"wrote {Path(args.output) / 'index.html'}")
