@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -28,6 +29,11 @@ import numpy as np
 from idinvert_jax import exit_codes
 from idinvert_jax.editing import jobs
 from idinvert_jax.editing.jobs import EditError
+
+
+def show_progress(flag: bool | None) -> bool:
+  """--progress / --no-progress, else a bar whenever stderr is a terminal (a diffusion runs for minutes)."""
+  return sys.stderr.isatty() if flag is None else bool(flag)
 
 
 def load_checkpoint(path: str, names: Sequence[str] | None = ("generator",)):
@@ -143,8 +149,15 @@ def run_diffuse(args: argparse.Namespace) -> Path:
     raise EditError(f"{args.checkpoint} has no encoder; diffusion starts from the encoder's code - use a "
                     "checkpoint with an encoder.")
   if models.perceptual_vars is None and not args.no_perceptual:
-    raise EditError(f"{args.checkpoint} has no perceptual (VGG16) model; add one with the converter or pass "
-                    "--no_perceptual for a pixel-only objective.")
+    from idinvert_jax.convert import vgg16  # pylint: disable=import-outside-toplevel
+    loaded = vgg16.load_perceptual(models.config.model)  # config.model.perceptual.weights, as invert.py does
+    if loaded is not None:
+      models.perceptual, models.perceptual_vars = loaded
+    else:  # As invert.py and the demo: warn and go on with the pixel objective, never random VGG weights.
+      logging.warning("%s has no VGG16 weights: the perceptual term is off (pixel loss only); add them with the "
+                      "converter (--perceptual vgg16.pth) or set config.model.perceptual.weights",
+                      args.checkpoint)
+      args.no_perceptual = True
   _, _, resolution = jobs.generator_shape(models)
   settings = diffuse_lib.diffusion_settings(models.config, num_iterations=args.num_iterations,
                                             learning_rate=args.learning_rate,
@@ -155,7 +168,7 @@ def run_diffuse(args: argparse.Namespace) -> Path:
   result = jobs.diffuse(models, targets, contexts, settings, args.crop_size, args.center_x, args.center_y,
                         target_names=[Path(p).stem for p in target_paths],
                         context_names=[Path(p).stem for p in context_paths], target_sources=target_paths,
-                        context_sources=context_paths, progress=args.progress)
+                        context_sources=context_paths, progress=show_progress(args.progress))
   result.write(args.output, _describe(args))
   return Path(args.output)
 
@@ -304,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="Intermediate results shown (default: the checkpoint's config.invert, official 5).")
   p.add_argument("--no_perceptual", action="store_true",
                  help="Pixel loss only (for checkpoints without VGG16 weights).")
-  p.add_argument("--progress", action="store_true", help="Show a progress bar.")
+  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                 help="Show a progress bar (default: when stderr is a terminal).")
   p.set_defaults(func=run_diffuse)
   return parser
 
