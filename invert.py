@@ -25,7 +25,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from idinvert_jax import exit_codes, invert_job
+from idinvert_jax import cli_logging, exit_codes, invert_job
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Optional experiment config file (must match the checkpoint's "
@@ -52,6 +52,7 @@ flags.DEFINE_boolean("largest_face", False, "With --align: only the largest face
 
 
 def main(argv):
+  cli_logging.quiet_libraries(FLAGS.verbosity)  # Orbax / JAX INFO lines only with --verbosity=1
   # Space-separated paths after --images arrive as extra arguments.
   images = list(FLAGS.images) + list(argv[1:])
   overrides = {name: FLAGS[name].value for name in invert_job.OFFICIAL_FLAGS}

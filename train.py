@@ -22,6 +22,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from idinvert_jax import cli_logging
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (ml_collections).", lock_config=False)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, export/, metrics.jsonl and samples/.")
@@ -47,6 +49,7 @@ def moved_flag_error(argv) -> str | None:
 
 
 def main(argv):
+  cli_logging.quiet_libraries(FLAGS.verbosity)  # Orbax / JAX INFO lines only with --verbosity=1
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Imported after flag parsing: XLA_FLAGS / platform choices from the environment apply before jax starts.

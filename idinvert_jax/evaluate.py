@@ -390,6 +390,8 @@ def main(argv=None) -> None:
   import sys
   from absl import flags
   FLAGS = flags.FLAGS
+  from idinvert_jax import cli_logging  # pylint: disable=import-outside-toplevel
+  cli_logging.quiet_libraries(FLAGS.verbosity)  # Orbax / JAX INFO lines only with --verbosity=1
   try:
     _run_from_flags(FLAGS)
   except _user_errors() as e:
