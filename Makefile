@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (Python >= 3.10 with pip and venv; no GPU needed):
-#   make demo   install into .venv and run the main job on the embedded default
-#   make test   install into .venv and run the test suite (the tpu extra brings libtpu for the TPU compile checks)
+#   make demo   install what the demo needs into .venv and run it on the embedded default
+#   make test   install everything (test tools, torch for the parity checks, the align/app/tfds extras, libtpu
+#               for the TPU compile checks) and test
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,15 +9,21 @@ DEMO_OUT ?= demo_out
 
 .PHONY: demo test test-tpu256 install bench clean
 
-$(VENV)/.installed: pyproject.toml
+# The package and its core dependencies only (JAX, Flax, Orbax, ...): what `make demo` needs.
+$(VENV)/.installed-demo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,tpu]'
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# Everything the test suite exercises, on top of the demo's install.
+$(VENV)/.installed: pyproject.toml $(VENV)/.installed-demo
+	$(PY) -m pip install -q -e '.[test,tfds,align,app,tpu]'
 	touch $@
 
 install: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-demo
 	$(PY) -m idinvert_jax.demo --output $(DEMO_OUT)
 
 test: $(VENV)/.installed

@@ -2,6 +2,9 @@
 
   python evaluate.py --checkpoint CKPT --images photos/ --output report/ [--config FILE] [--quick]
   python evaluate.py --checkpoint CKPT --images synthetic:64 --output report/ --train_boundary smile
+
+Exit codes: 0 done; 1 nothing could be done (usage error, missing checkpoint or images). The comparison needs
+every image, so an unreadable one stops it (1) rather than leaving a partial report.
 """
 from absl import app, flags
 

@@ -5,11 +5,21 @@
   python invert.py --checkpoint CKPT --images photos/ --output out/ --config configs/ffhq256.py \
       --config.invert.num_iterations=200
   python invert.py --config configs/ffhq256.py --compile_only --topology v5e:2x2 --batch_size 16   # TPU, no TPU
+  python invert.py --checkpoint CKPT --images selfie.jpg --output out/ --align     # crop the face the FFHQ way
 
 The official flag names (--method, --num_iterations, --learning_rate, --loss_weight_feat, --loss_weight_enc,
 --batch_size, --num_results, --precision) override config.invert; unset, the checkpoint's (or --config's)
 values apply, else the official defaults (100 Adam steps, lr 0.01, feat 5e-5, enc 2.0). Reruns on the same
 --output skip images already done; --overwrite redoes them. See idinvert_jax/inversion_folder.py for the layout.
+
+Inputs: non-square images are stretched to the model's square as the official code does (said once per run);
+--crop center cuts their central square instead; --align detects every face and crops it the FFHQ way (needs
+`pip install -e .[align]`). With a calibrated checkpoint (domain.json, see `python -m idinvert_jax.domain`) an
+image whose reconstruction stays below its held-out data's PSNR is flagged as outside the model's domain.
+
+Exit codes: 0 every image inverted; 1 nothing could be done (usage error, missing checkpoint or images, bad
+settings); 2 finished but some inputs failed (unreadable, no face with --align, or a non-finite result):
+listed in failed.txt in --output and in its index.html; a rerun retries them.
 
 --compile_only compiles the in-domain step (G, E, VGG16 conv4_3, Adam over the codes) with the batch sharded over
 every device, for the host's devices or a TPU topology's (--topology, needs libtpu: pip install -e '.[tpu]'),
@@ -23,7 +33,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from idinvert_jax import invert_job
+from idinvert_jax import cli_logging, exit_codes, invert_job
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Optional experiment config file (must match the checkpoint's "
@@ -42,6 +52,13 @@ flags.DEFINE_integer("batch_size", None, "Images optimised together (default 8; 
 flags.DEFINE_integer("num_results", None, "Intermediate snapshots per image (default 5).")
 flags.DEFINE_enum("precision", None, ["float32", "bfloat16"], "Compute dtype of G/E/VGG (default float32).")
 flags.DEFINE_boolean("overwrite", False, "Redo images that an earlier run on --output already finished.")
+flags.DEFINE_enum("crop", "none", ["none", "center"], "Non-square inputs: 'none' stretches them to the square "
+                  "like the official code; 'center' cuts the central square first (keeps the aspect ratio).")
+flags.DEFINE_boolean("align", False, "Detect the faces (dlib, 68 landmarks) and crop each the FFHQ way before "
+                     "inverting; the crops are kept in OUTPUT/aligned/. Needs `pip install -e .[align]`.")
+flags.DEFINE_boolean("largest_face", False, "With --align: only the largest face of each photo (default: all).")
+
+
 flags.DEFINE_boolean("compile_only", False, "Compile the inversion step ahead of time for the devices, print "
                      "memory per device, FLOPs, a roofline estimate and the largest batch per device that fits, end "
                      "with one JSON line, and exit without inverting (exit status 1 when --batch_size does not "
@@ -54,6 +71,7 @@ flags.DEFINE_boolean("batch_search", True, "With --compile_only: search the larg
 
 
 def main(argv):
+  cli_logging.quiet_libraries(FLAGS.verbosity)  # Orbax / JAX INFO lines only with --verbosity=1
   if FLAGS.compile_only:
     sys.exit(compile_only())
   if FLAGS.topology:
@@ -68,18 +86,24 @@ def main(argv):
   overrides = {name: FLAGS[name].value for name in invert_job.OFFICIAL_FLAGS}
   try:
     summary = invert_job.run_inversion(FLAGS.checkpoint, images, FLAGS.output, config=FLAGS.config,
-                                       overrides=overrides, overwrite=FLAGS.overwrite)
-  except (ValueError, FileNotFoundError) as e:  # User-fixable: one line, no traceback.
+                                       overrides=overrides, overwrite=FLAGS.overwrite, crop=FLAGS.crop,
+                                       align=FLAGS.align, largest_face=FLAGS.largest_face)
+  except (ValueError, OSError) as e:  # User-fixable (bad flags, missing or unwritable paths): one line.
     raise SystemExit(f"invert.py: error: {e}") from e
   m = summary.mean_metrics
-  logging.info("done: %d images in %s (%d inverted now, %d skipped as done, %d failed); mean MSE %.4g, "
-               "PSNR %.2f dB, SSIM %.4f, %.2f s/image", summary.num_done, summary.output, summary.num_inverted,
-               summary.num_skipped, len(summary.failed), m["mse"], m["psnr"], m["ssim"], m["seconds"])
-  print(f"{summary.num_done} images inverted into {summary.output} ({summary.num_skipped} skipped as done).")
+  logging.info("done: %s; mean MSE %.4g, PSNR %.2f dB, SSIM %.4f, %.2f s/image", invert_job.summary_line(summary),
+               m["mse"], m["psnr"], m["ssim"], m["seconds"])
+  for note in summary.notes:
+    print(f"note: {note}")
+  print(invert_job.summary_line(summary))
+  for line in summary.outside_domain:
+    print(f"WARNING {line}")
   for path, reason in summary.failed:
     print(f"FAILED {path}: {reason}")
   if summary.failed:
-    print(f"{len(summary.failed)} input(s) could not be read; listed in {summary.output / 'failed.txt'}.")
+    print(f"{len(summary.failed)} input(s) failed; listed in {summary.output / 'failed.txt'} and "
+          f"{summary.output / 'index.html'}.")
+  sys.exit(exit_codes.for_failures(summary.failed))
 
 
 def compile_only() -> str | None:

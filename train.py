@@ -11,6 +11,9 @@ r"""Trains the two stages of In-Domain GAN Inversion: the StyleGAN generator, th
 Re-running the same command resumes from WORKDIR/checkpoints/<stage>. SIGTERM/SIGINT save a checkpoint and exit.
 Multi-host: pass --coordinator_address/--num_processes/--process_id (or set JAX_COORDINATOR_ADDRESS, ...;
 IDINVERT_DISTRIBUTED=1 lets JAX detect a TPU pod / SLURM on its own) and run the same command on every host.
+
+Exit codes: 0 trained (or stopped by a preemption signal after saving: rerun to resume); 1 nothing could be done
+(usage error, a checkpoint of another config in --workdir, no generator for the encoder stage, a NaN loss).
 """
 import importlib
 import sys
@@ -19,6 +22,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from idinvert_jax import cli_logging
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (ml_collections).", lock_config=False)
@@ -49,6 +54,7 @@ def moved_flag_error(argv) -> str | None:
 
 
 def main(argv):
+  cli_logging.quiet_libraries(FLAGS.verbosity)  # Orbax / JAX INFO lines only with --verbosity=1
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Imported after flag parsing: XLA_FLAGS / platform choices from the environment apply before jax starts.
@@ -68,8 +74,12 @@ def main(argv):
   if FLAGS.compile_only:
     sys.exit(compile_only(training, mesh_lib, config, stages))
   mesh = mesh_lib.make_mesh(config.get("mesh"))
+  from idinvert_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
   for stage in stages:
-    result = training.train(config, FLAGS.workdir, stage, mesh=mesh)
+    try:
+      result = training.train(config, FLAGS.workdir, stage, mesh=mesh)
+    except checkpoints.CheckpointMismatchError as e:
+      sys.exit(f"train.py: {e}")
     if result.preempted:
       logging.warning("%s training stopped early (preemption) at step %d; re-run to resume", stage, result.step)
       return

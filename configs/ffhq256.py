@@ -53,6 +53,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   e.channels_base = 64                  # idinvert_pytorch StyleGANEncoderNet encoder_channels_base 64
   e.channels_max = 1024                 # encoder_channels_max 1024 (the TF encoder of genforce/idinvert is laid
   #                                       out differently; the released .pth files are this architecture)
+  e.normalization = "batch"             # BatchNorm after every conv, as both official encoders ('none': the
+  #                                       encoder study's ablation, each BatchNorm replaced by a bias)
 
   p = model.perceptual = ml_collections.ConfigDict()
   p.weights = ""                        # vgg16.pth or Keras ..._notop.h5 ('' = none: perceptual terms off, warned)
@@ -104,6 +106,8 @@ def get_train_config() -> ml_collections.ConfigDict:
   enc.sample_every = 1000
   enc.num_samples = 8
   enc.learning_rate = 1e-4              # lr learning_rate 0.0001, for E and D
+  enc.lr_schedule = "staircase"         # 'staircase' (below) | 'constant' | 'cosine' (encoder study options)
+  enc.warmup_steps = 0                  # linear warm-up before the schedule (official: none)
   enc.lr_decay_rate = 0.8               # decay_rate 0.8 ...
   enc.lr_decay_every_fraction = 0.25    # ... every max_iters // 4 steps (official: a smooth exponential decay,
   #                                       staircase=False; here one x0.8 step per quarter of training)
@@ -111,6 +115,10 @@ def get_train_config() -> ml_collections.ConfigDict:
   enc.adam_b2 = 0.99                    # beta2 0.99
   enc.lambda_vgg = 5e-5                 # E_loss feature_scale 0.00005 (paper: lambda_vgg); 0 without VGG16 weights
   enc.lambda_adv = 0.08                 # E_loss D_scale 0.08 (paper: lambda_adv)
+  enc.lambda_dfeat = 0.0                # not in the paper: distance in the frozen stage-1 D's features (0 = off)
+  enc.train_bn_scale = False            # official TF trains every BatchNorm gamma; the PyTorch port freezes it
+  enc.health_adv_share = 0.5            # warn when the weighted adversarial term is over this share of the loss
+  enc.health_stall_fraction = 0.2       # warn when the pixel loss has not improved over this last part of the run
   enc.precision = "float32"             # compute dtype of E, G, D and VGG16, as gan.precision
   enc.generator_checkpoint = ""         # the frozen generator: '' = this workdir's export/ of stage 1
   return train

@@ -393,7 +393,10 @@ def _inversion_section(output: Path, grid: Path, summary, num_iterations: int) -
           f"then {num_iterations} Adam steps on the {loss} with the encoder as a regulariser. "
           "Look for: the inversion column should be closer to the original than the encoder column. Per-image "
           "metrics, snapshots and the codes (inverted_codes.npy) are in inversion/ (see inversion/index.html).")
-  return report.Section("Inversion", text=text, table=table,
+  flagged = summary.outside_domain
+  text = "\n\n".join([text, *summary.notes, summary.domain_note] + ([f"Flagged: {'; '.join(flagged)}."] if flagged
+                                                                      else []))
+  return report.Section("Inversion", text=text, table=table, warning=bool(flagged),
                         images=[(_relative(grid, output), "Rows: images. Original | encoder | inverted.")])
 
 

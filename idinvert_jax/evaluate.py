@@ -378,11 +378,11 @@ def run_comparison(checkpoint: str, images: Sequence[str], output: str, config: 
 
 def _user_errors() -> tuple[type, ...]:
   """Exceptions that mean a fixable input problem: printed as one line instead of a traceback."""
-  from idinvert_jax import export, inversion
+  from idinvert_jax import data, export, inversion
   from idinvert_jax.data import sources
   from idinvert_jax.editing import boundaries
   return (EvaluateError, inversion.InversionError, export.CheckpointError, sources.InputNotFoundError,
-          sources.EmptySourceError, boundaries.BoundaryFileError)
+          sources.EmptySourceError, boundaries.BoundaryFileError, data.ImageError)
 
 
 def main(argv=None) -> None:
@@ -390,6 +390,8 @@ def main(argv=None) -> None:
   import sys
   from absl import flags
   FLAGS = flags.FLAGS
+  from idinvert_jax import cli_logging  # pylint: disable=import-outside-toplevel
+  cli_logging.quiet_libraries(FLAGS.verbosity)  # Orbax / JAX INFO lines only with --verbosity=1
   try:
     _run_from_flags(FLAGS)
   except _user_errors() as e:

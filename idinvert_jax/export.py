@@ -168,29 +168,32 @@ def load_config(path: str | Path) -> ml_collections.ConfigDict:
 
 
 def load_models(path: str | Path, names: Iterable[str] | None = None,
-                config: ml_collections.ConfigDict | None = None) -> Models:
+                config: ml_collections.ConfigDict | None = None, if_present: bool = False) -> Models:
   """Loads a checkpoint written by `save_models` (or a training workdir) into a `Models` bundle.
 
   Args:
     path: checkpoint directory or training workdir.
     names: models to load; None loads every model the checkpoint has. Asking for a model the checkpoint lacks
       is an error that names it.
-    config: optional config to use instead of the stored one (its `model` section must match the stored one).
+    config: optional config to use instead of the stored one (its `model` section must match the stored one for
+      the models loaded: an encoder trained on a stored generator may have another architecture).
+    if_present: models of `names` that the checkpoint lacks are left None instead of being an error.
   """
   directory = find_checkpoint_dir(path)
   stored_config = load_config(directory)
+  # Orbax refuses relative paths; `--checkpoint ckpt_ffhq256` from the README is one.
+  restored = dict(ocp.StandardCheckpointer().restore((directory / MODELS_DIR).absolute()))
   if config is None:
     config = stored_config
   else:
-    _check_same_architecture(stored_config.model, config.model, directory)
-  # Orbax refuses relative paths; `--checkpoint ckpt_ffhq256` from the README is one.
-  restored = dict(ocp.StandardCheckpointer().restore((directory / MODELS_DIR).absolute()))
+    loaded = [n for n in MODEL_NAMES if n in restored and (names is None or n in names)]
+    _check_same_architecture(stored_config.model, config.model, directory, loaded)
   if "perceptual" not in restored and config.model.perceptual.get("weights", ""):
     # VGG16 weights named by the config (a file the user provides) rather than stored in the checkpoint.
     from idinvert_jax.convert.vgg16 import load_perceptual  # pylint: disable=import-outside-toplevel
     restored["perceptual"] = load_perceptual(config.model)[1]
   available = tuple(n for n in MODEL_NAMES if n in restored)
-  wanted = available if names is None else tuple(names)
+  wanted = available if names is None else tuple(n for n in names if n in available or not if_present)
   missing = [n for n in wanted if n not in available]
   if missing:
     raise CheckpointError(f"checkpoint {directory} has no {', '.join(missing)} (it has: "
@@ -202,14 +205,30 @@ def load_models(path: str | Path, names: Iterable[str] | None = None,
   return models
 
 
+# Architecture settings added after checkpoints were first written, with the value an older checkpoint means.
+_LATER_MODEL_KEYS = {("encoder", "normalization"): "batch"}
+
+
+def with_later_model_keys(model: dict) -> dict:
+  """A stored config.model dict (from JSON) with the keys added since it was written set to what they mean."""
+  for (section, key), value in _LATER_MODEL_KEYS.items():
+    if isinstance(model.get(section), dict):
+      model[section].setdefault(key, value)
+  return model
+
+
 def _check_same_architecture(stored: ml_collections.ConfigDict, given: ml_collections.ConfigDict,
-                             directory: Path) -> None:
-  """Refuses a config whose architecture differs from the checkpoint's (weights would not fit)."""
+                             directory: Path, names: Iterable[str] = MODEL_NAMES) -> None:
+  """Refuses a config whose architecture differs from the checkpoint's for the models `names` being loaded."""
   stored_d, given_d = json.loads(stored.to_json_best_effort()), json.loads(given.to_json_best_effort())
-  # The perceptual weights path may legitimately differ (the weights are stored in the checkpoint).
   for d in (stored_d, given_d):
+    # The perceptual weights path may legitimately differ (the weights are stored in the checkpoint).
     d.get("perceptual", {}).pop("weights", None)
-  diffs = sorted(k for k in set(stored_d) | set(given_d) if stored_d.get(k) != given_d.get(k))
+    with_later_model_keys(d)
+  # Sections of models that are not loaded do not matter (the encoder stage trains a new encoder on a stored G).
+  ignored = set(MODEL_NAMES) - set(names)
+  diffs = sorted(k for k in set(stored_d) | set(given_d)
+                 if k not in ignored and stored_d.get(k) != given_d.get(k))
   if diffs:
     raise CheckpointError(f"--config does not match checkpoint {directory}: config.model differs in "
                           f"{', '.join(diffs)}; drop --config (the checkpoint carries its own) or fix those fields")

@@ -41,6 +41,7 @@ is G of the returned code.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -118,8 +119,16 @@ class InvertSettings:
       raise InversionError(f"invert: precision {self.precision!r} is unknown; use one of {PRECISIONS}.")
     if self.num_iterations < 0:
       raise InversionError(f"invert: num_iterations={self.num_iterations}; use a value >= 0.")
+    for name in ("learning_rate", "loss_weight_pix", "loss_weight_feat", "loss_weight_enc"):
+      value = getattr(self, name)
+      if not math.isfinite(value) or value < 0:
+        raise InversionError(f"invert: {name}={value}; use a finite value >= 0 (the official one is "
+                             f"{InvertSettings.__dataclass_fields__[name].default}).")
     if self.learning_rate <= 0 and self.optimises:
       raise InversionError(f"invert: learning_rate={self.learning_rate}; use a positive value such as 0.01.")
+    for name, least in (("batch_size", 1), ("num_results", 0), ("chunk_size", 1)):
+      if getattr(self, name) < least:
+        raise InversionError(f"invert: {name}={getattr(self, name)}; use a value >= {least}.")
     if self.method == "optimize":
       object.__setattr__(self, "loss_weight_enc", 0.0)  # Image2StyleGAN has no encoder term.
 

@@ -1,5 +1,5 @@
-"""The invert.py output folder: its layout, the one writer (the inversion job) and the one reader (edit.py, the
-demo, the app).
+"""The invert.py output folder: its layout, the one writer (the inversion job) and the one reader (edit.py and
+the demo).
 
 Layout (the official `invert.py` one, plus metrics and resumability):
 
@@ -12,7 +12,9 @@ Layout (the official `invert.py` one, plus metrics and resumability):
   <name>_inv.png           G(inverted code)
   metrics.csv              per image: MSE, PSNR, SSIM, perceptual distance, seconds (+ the encoder's MSE/PSNR)
   index.html               original | encoder | snapshots | final, side by side, and the metrics table
-  failed.txt               inputs that could not be read, with the reason (only when there are any)
+  failed.txt               inputs that failed (unreadable, no face found with align, or a non-finite result), with
+                           the reason (only when there are any; also listed in index.html; a rerun retries them)
+  aligned/                 with align: the FFHQ-aligned faces that were inverted, and alignment.json
   .parts/                  per-batch results (batch_<i>.npz) and the settings they were made with (settings.json);
                            a rerun on the same folder skips images already done
 
@@ -39,6 +41,7 @@ LIST_FILE = "image_list.txt"
 METRICS_FILE = "metrics.csv"
 INDEX_FILE = "index.html"
 FAILED_FILE = "failed.txt"
+ALIGNED_DIR = "aligned"
 PARTS_DIR = ".parts"
 SETTINGS_FILE = "settings.json"
 
@@ -118,22 +121,31 @@ def next_part_index(folder: Path) -> int:
 
 
 def write_summary(folder: Path, names: Sequence[str], sources: Sequence[str], rows: Sequence[dict],
-                  save_steps: Sequence[int], settings, has_perceptual: bool) -> None:
+                  save_steps: Sequence[int], settings, has_perceptual: bool,
+                  outside: Sequence[bool | None] | None = None, domain_note: str = "", notes: Sequence[str] = (),
+                  failed: Sequence[tuple[str, str]] = ()) -> None:
   """The folder-wide files from every done image's stored results (`rows`, in input order): the codes, the list,
-  metrics.csv and index.html. `settings`: the InvertSettings the images were inverted with."""
+  metrics.csv and index.html. `settings`: the InvertSettings the images were inverted with; `outside`: each
+  image's out-of-domain verdict (None: no calibration); `domain_note` and `notes` (input policy) go on the page,
+  and so do the `failed` inputs (also when no image is done)."""
   if not rows:
+    if failed:
+      _write_html(folder / INDEX_FILE, [], [], save_steps, settings, False, has_perceptual, [], domain_note, notes,
+                  failed)
     return
   files.atomic_save_npy(folder / CODES_FILE, np.stack([r["codes"] for r in rows]).astype(np.float32))
   if all(not np.isnan(r["encoder_codes"]).all() for r in rows):
     files.atomic_save_npy(folder / ENCODED_FILE, np.stack([r["encoder_codes"] for r in rows]).astype(np.float32))
   files.atomic_write_text(folder / LIST_FILE, "".join(f"{source}\n" for source in sources))
-  _write_metrics_csv(folder / METRICS_FILE, names, sources, rows, has_perceptual)
+  outside = list(outside) if outside is not None else [None] * len(names)
+  _write_metrics_csv(folder / METRICS_FILE, names, sources, rows, has_perceptual, outside)
   _write_html(folder / INDEX_FILE, names, rows, save_steps, settings, has_encoder=(folder / ENCODED_FILE).exists(),
-              has_perceptual=has_perceptual)
+              has_perceptual=has_perceptual, outside=outside, domain_note=domain_note, notes=notes,
+              failed=failed)
 
 
 def write_failed(folder: Path, failed: Sequence[tuple[str, str]]) -> None:
-  """failed.txt lists the unreadable inputs and why; removed when there are none (any more)."""
+  """failed.txt lists the failed inputs (unreadable, no face, non-finite result) and why; removed when none."""
   path = folder / FAILED_FILE
   if failed:
     files.atomic_write_text(path, "".join(f"{p}\t{reason}\n" for p, reason in failed))
@@ -146,36 +158,49 @@ def _fmt(value) -> str:
   return "" if math.isnan(value) else f"{value:.6g}"
 
 
-def _write_metrics_csv(path: Path, names, sources, rows, has_perceptual: bool) -> None:
+# metrics.csv's `domain` column: no calibration, inside, outside the model's domain.
+DOMAIN_LABELS = {None: "", False: "in", True: "outside"}
+
+
+def _write_metrics_csv(path: Path, names, sources, rows, has_perceptual: bool, outside) -> None:
   buf = io.StringIO()
   writer = csv.writer(buf)
   writer.writerow(["name", "path", "mse", "psnr", "ssim", "perceptual", "seconds", "encoder_mse", "encoder_psnr",
-                   "note"])
+                   "domain", "note"])
   note = "" if has_perceptual else "perceptual blank: no VGG16 weights (set config.model.perceptual.weights)"
-  for name, source, r in zip(names, sources, rows):
+  for name, source, r, o in zip(names, sources, rows, outside):
     writer.writerow([name, source, _fmt(r["mse"]), _fmt(r["psnr"]), _fmt(r["ssim"]), _fmt(r["perceptual"]),
-                     _fmt(r["seconds"]), _fmt(r["enc_mse"]), _fmt(r["enc_psnr"]), note])
+                     _fmt(r["seconds"]), _fmt(r["enc_mse"]), _fmt(r["enc_psnr"]), DOMAIN_LABELS[o], note])
   files.atomic_write_text(path, buf.getvalue())
 
 
-def _write_html(path: Path, names, rows, save_steps, settings, has_encoder: bool, has_perceptual: bool) -> None:
+def _write_html(path: Path, names, rows, save_steps, settings, has_encoder: bool, has_perceptual: bool,
+                outside, domain_note: str = "", notes: Sequence[str] = (),
+                failed: Sequence[tuple[str, str]] = ()) -> None:
   from idinvert_jax import report  # pylint: disable=import-outside-toplevel
   text = (f"method {settings.method}, {settings.num_iterations} iterations, lr {settings.learning_rate}, "
           f"loss weights pix {settings.loss_weight_pix} / feat {settings.loss_weight_feat} / enc "
           f"{settings.loss_weight_enc}, precision {settings.precision}. MSE on the [-1, 1] scale, PSNR in dB.")
   if not has_perceptual:
     text += " No VGG16 weights: the perceptual term and distance are off."
-  header = ["name", "MSE", "PSNR", "SSIM", "perceptual", "s/image", "encoder MSE", "encoder PSNR"]
+  text = "\n\n".join([text, *notes] + ([domain_note] if domain_note else []))
+  header = ["name", "MSE", "PSNR", "SSIM", "perceptual", "s/image", "encoder MSE", "encoder PSNR", "domain"]
   table_rows = [[n, _fmt(r["mse"]), _fmt(r["psnr"]), _fmt(r["ssim"]), _fmt(r["perceptual"]), _fmt(r["seconds"]),
-                 _fmt(r["enc_mse"]), _fmt(r["enc_psnr"])] for n, r in zip(names, rows)]
+                 _fmt(r["enc_mse"]), _fmt(r["enc_psnr"]), DOMAIN_LABELS[o]] for n, r, o in zip(names, rows, outside)]
   sections = [report.Section("Summary", text=text, table=(header, table_rows))]
-  for name in names:
+  if failed:
+    sections.append(report.Section(f"Failed inputs ({len(failed)}, also in {FAILED_FILE})",
+                                   text="Not saved; a rerun on this folder tries them again.",
+                                   table=(["input", "reason"], [[p, reason] for p, reason in failed])))
+  for name, r, o in zip(names, rows, outside):
     images = [(image_file(name, "ori"), "original")]
     if has_encoder:
       images.append((image_file(name, "enc"), "encoder"))
     images += [(image_file(name, s), f"step {s}") for s in save_steps]
     images.append((image_file(name, "inv"), "inverted"))
-    sections.append(report.Section(name, images=images))
+    warning = (f"WARNING: outside the model's domain (PSNR {float(r['psnr']):.1f} dB is below the threshold): the "
+               "reconstruction stays poor, so this code and its edits are unreliable." if o else "")
+    sections.append(report.Section(name, text=warning, images=images, warning=bool(o)))
   report.write_html(path, "In-domain GAN inversion", sections)
 
 

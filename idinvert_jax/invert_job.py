@@ -3,6 +3,12 @@
 The output folder's layout (the official one, plus metrics and resumability) and its reader are in
 `idinvert_jax.inversion_folder`. Reruns on the same folder skip images already done; other settings or models
 on a folder that holds results are refused unless `overwrite`.
+
+Input policy (said once per run): non-square images are stretched to the model's square, as the official code
+does (`cv2.resize` to resolution x resolution), unless `crop='center'` cuts their central square first; with
+`align=True` every face is cropped the FFHQ way first (idinvert_jax.align), which is what the models expect.
+Each image gets an out-of-domain verdict when the checkpoint holds a calibration (idinvert_jax.domain_check):
+metrics.csv column `domain`, a warning in the HTML and in `InversionSummary.outside_domain`.
 """
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,12 +25,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from idinvert_jax import inversion
+from idinvert_jax import domain_check, files, inversion
 from idinvert_jax import inversion_folder as folder_lib
 
 # The official CLI's flag names, fields of inversion.InvertSettings.
 OFFICIAL_FLAGS = ("method", "num_iterations", "learning_rate", "loss_weight_feat", "loss_weight_enc",
                   "batch_size", "num_results", "precision")
+# --crop: what happens to a non-square input ('none' = stretch it, the official behaviour).
+CROP_MODES = {"none": "resize", "center": "center_crop"}
 # The settings that change results: the folder's parts are reused only when these (and the models) match.
 RESULT_SETTINGS = ("method", "num_iterations", "learning_rate", "loss_weight_pix", "loss_weight_feat",
                    "loss_weight_enc", "init", "num_results", "precision")
@@ -43,6 +52,58 @@ def load_job_models(checkpoint_dir: str | Path, config: ml_collections.ConfigDic
     if loaded is not None:
       models.perceptual, models.perceptual_vars = loaded
   return models
+
+
+def _non_square(paths: Sequence[Path]) -> list[Path]:
+  """Inputs whose width and height differ (read from the file header only; unreadable ones are left out)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  found = []
+  for path in paths:
+    try:
+      with Image.open(path) as image:
+        width, height = image.size  # EXIF rotation swaps the sides: squareness is the same.
+    except (OSError, ValueError, Image.DecompressionBombError):
+      continue
+    if width != height:
+      found.append(path)
+  return found
+
+
+def crop_policy_note(paths: Sequence[Path], crop: str, resolution: int) -> str | None:
+  """The one line a run says about non-square inputs (None when every input is square)."""
+  if crop not in CROP_MODES:
+    raise InvertJobError(f"crop {crop!r} is unknown; use one of {sorted(CROP_MODES)}.")
+  count = len(_non_square(paths))
+  if not count:
+    return None
+  if crop == "none":
+    return (f"{count} of {len(paths)} images are not square: stretched to {resolution}x{resolution} as the "
+            f"official code does (--crop center cuts their central square instead; --align crops faces the FFHQ "
+            f"way)")
+  return (f"{count} of {len(paths)} images are not square: their central square is cut out and resized to "
+          f"{resolution}x{resolution} (--crop center)")
+
+
+def _align_inputs(paths: Sequence[Path], folder: Path, resolution: int, largest_face: bool, progress: bool):
+  """FFHQ-aligns every input into `folder`; returns (aligned paths, [(path, reason)] skipped, note)."""
+  from idinvert_jax import align  # pylint: disable=import-outside-toplevel
+  summary = align.align_files(paths, folder, resolution, largest_only=largest_face, progress=progress)
+  skipped = [(p, "no face found (--align); skipped") for p in summary.no_face] + list(summary.failed)
+  note = (f"--align: {len(summary.written)} face(s) from {len(set(summary.sources))} of {len(paths)} photo(s) "
+          f"cropped the FFHQ way into {folder}" + (" (largest face only)" if largest_face else ""))
+  return list(summary.written), skipped, note
+
+
+def _domain_calibration(checkpoint) -> tuple[Any, str]:
+  """The checkpoint's out-of-domain calibration and the sentence that explains it (or says there is none)."""
+  try:
+    calibration = domain_check.load(checkpoint)
+  except FileNotFoundError:  # No checkpoint folder (models passed in directly).
+    calibration = None
+  if calibration is None:
+    return None, (f"No out-of-domain check: the checkpoint has no {domain_check.CALIBRATION_FILE} (make one with "
+                  f"`python -m idinvert_jax.domain --checkpoint {checkpoint} --images HELD_OUT_IMAGES`).")
+  return calibration, calibration.describe()
 
 
 def _fingerprint(settings: inversion.InvertSettings, models) -> dict:
@@ -88,19 +149,58 @@ def _batch_record(models, x, result: inversion.InversionResult, sources, names, 
   return record
 
 
+def _reason(error: Exception, path) -> str:
+  """The error's first line without the path in front (the caller names the path once)."""
+  text = str(error).splitlines()[0] if str(error) else type(error).__name__
+  for prefix in (f"{path}: ", f"{os.path.realpath(path)}: "):
+    if text.startswith(prefix):
+      return text[len(prefix):]
+  return text
+
+
+def summary_line(summary: "InversionSummary") -> str:
+  """'5 images in out/: 2 inverted now, 3 skipped as done, 1 failed' (counts of this run, then the folder's)."""
+  return (f"{summary.num_done} images in {summary.output}: {summary.num_inverted} inverted now, "
+          f"{summary.num_skipped} skipped as done, {len(summary.failed)} failed")
+
+
+def finite_rows(result: inversion.InversionResult) -> np.ndarray:
+  """bool [N]: the images whose codes and final losses are all finite (a diverged optimisation is a failure)."""
+  finite = np.isfinite(result.codes).reshape(len(result.codes), -1).all(axis=1)
+  for values in result.losses.values():
+    finite &= np.isfinite(np.asarray(values)).reshape(len(finite), -1).all(axis=1)
+  return finite
+
+
+def select_rows(result: inversion.InversionResult, keep: np.ndarray) -> inversion.InversionResult:
+  """The result of the images where `keep` is True (every per-image array cut the same way)."""
+  def cut(array):
+    return None if array is None else np.asarray(array)[keep]
+  return dataclasses.replace(
+      result, codes=cut(result.codes), encoder_codes=cut(result.encoder_codes),
+      reconstructions=cut(result.reconstructions), encoder_reconstructions=cut(result.encoder_reconstructions),
+      snapshots=[(step, cut(images)) for step, images in result.snapshots],
+      losses={name: cut(values) for name, values in result.losses.items()},
+      loss_history=[(step, {name: cut(v) for name, v in values.items()}) for step, values in result.loss_history])
+
+
 @dataclasses.dataclass
 class InversionSummary:
   output: Path
   num_done: int           # images with results in the folder (this run + earlier runs)
   num_inverted: int       # images inverted by this run
   num_skipped: int        # images found done by an earlier run
-  failed: list            # [(path, reason)]
+  failed: list            # [(path, reason)]: unreadable inputs, photos without a face (align)
   mean_metrics: dict      # name -> mean over the done images (NaN when unavailable)
+  notes: list = dataclasses.field(default_factory=list)           # input policy lines, said once per run
+  outside_domain: list = dataclasses.field(default_factory=list)  # one warning line per flagged image
+  domain_note: str = ""   # how the domain threshold was computed, or why there is none
 
 
 def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: str | Path,
                   config: ml_collections.ConfigDict | None = None, overrides: dict[str, Any] | None = None,
-                  overwrite: bool = False, progress: bool = True, devices=None, models=None) -> InversionSummary:
+                  overwrite: bool = False, progress: bool = True, devices=None, models=None,
+                  crop: str = "none", align: bool = False, largest_face: bool = False) -> InversionSummary:
   """Inverts every image under `images` with the checkpoint's models and writes the output folder.
 
   Args:
@@ -112,10 +212,17 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
     overwrite: redo every image even if an earlier run on `output` finished it.
     progress: tqdm bars.
     devices: devices of the 'data' mesh (default: all).
-    models: an already loaded `export.Models` (then `checkpoint` is only reported).
+    models: an already loaded `export.Models` (then `checkpoint` is only reported and searched for the
+      domain calibration).
+    crop: non-square inputs: 'none' stretches them to the square (official), 'center' cuts the central square.
+    align: crop every face the FFHQ way first (needs the align extra); the aligned faces are what is inverted.
+    largest_face: with `align`, only the largest face of each photo.
   """
   from idinvert_jax import data  # pylint: disable=import-outside-toplevel
   output = Path(output)
+  inversion.InvertSettings.from_config(config, **(overrides or {}))  # Bad flag values: refused before loading.
+  if output.exists() and not output.is_dir():
+    raise InvertJobError(f"{output} is a file, not a folder; give a folder for --output.")
   if models is None:
     models = load_job_models(checkpoint, config)
   settings = inversion.InvertSettings.from_config(config if config is not None else models.config,
@@ -124,10 +231,28 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
   inverter.validate(settings)  # Mismatched checkpoint / missing encoder: fail before any work.
   resolution = int(models.config.model.resolution)
   paths = [Path(p) for p in data.expand_inputs(images)]  # Raises (one line) for missing paths or no images.
+  files.check_output_folder(output)  # A read-only folder: one line before any work.
+  notes, input_failures = [], []
+  if align:
+    paths, input_failures, note = _align_inputs(paths, output / folder_lib.ALIGNED_DIR, resolution, largest_face,
+                                                progress)
+    notes.append(note)
+    if not paths:
+      raise InvertJobError(f"--align found no face in {list(map(str, images))}; check the photos or invert them "
+                           f"without --align.")
+  else:
+    note = crop_policy_note(paths, crop, resolution)
+    if note:
+      notes.append(note)
+  for note in notes:
+    logging.warning("%s", note)
+  calibration, domain_note = _domain_calibration(checkpoint)  # A malformed file fails before any work.
   names = folder_lib.unique_names(paths)
-  sources = [str(p.resolve()) for p in paths]
+  sources = [os.path.realpath(p) for p in paths]  # (Path.resolve raises on a symlink loop; realpath does not.)
 
   fingerprint = _fingerprint(settings, models)
+  if crop != "none":  # The crop changes the pixels inverted (absent for the default: older folders still match).
+    fingerprint["crop"] = crop
   if overwrite:
     folder_lib.clear_parts(output)
   elif folder_lib.read_fingerprint(output) not in (None, fingerprint):
@@ -151,10 +276,10 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
     loaded, arrays = [], []
     for i in chunk:
       try:
-        arrays.append(data.load_image(paths[i], resolution))
+        arrays.append(data.load_image(paths[i], resolution, CROP_MODES[crop]))
         loaded.append(i)
       except (data.ImageError, OSError) as e:
-        failed.append((str(paths[i]), str(e).splitlines()[0] if str(e) else type(e).__name__))
+        failed.append((str(paths[i]), _reason(e, paths[i])))
         logging.warning("skipping %s: %s", paths[i], failed[-1][1])
     if not loaded:
       continue
@@ -162,6 +287,16 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
     start = time.perf_counter()
     result = inversion.invert(x, inverter, settings, progress=progress, devices=devices)
     seconds = (time.perf_counter() - start) / len(loaded)
+    finite = finite_rows(result)
+    for j in np.flatnonzero(~finite):  # Not written, not marked done: the next run tries them again.
+      failed.append((str(paths[loaded[j]]), "non-finite codes or losses (lower --learning_rate or check the "
+                     "loss weights); not saved, retried on the next run"))
+      logging.warning("failed %s: %s", paths[loaded[j]], failed[-1][1])
+    if not finite.all():
+      result = select_rows(result, finite)
+      x, loaded = x[finite], [i for i, ok in zip(loaded, finite) if ok]
+      if not loaded:
+        continue
     record = _batch_record(models, x, result, [sources[i] for i in loaded], [names[i] for i in loaded],
                            seconds)
     for j, i in enumerate(loaded):  # PNGs first, the part file last: the part marks the batch as done.
@@ -175,13 +310,20 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
   done = folder_lib.load_parts(output)
   order = [i for i, s in enumerate(sources) if s in done]
   rows = [done[sources[i]] for i in order]
+  outside = domain_check.verdicts(calibration, [float(r["psnr"]) for r in rows], settings.method)
+  warnings = [calibration.warning(names[i], float(r["psnr"]), settings.method)
+              for i, r, o in zip(order, rows, outside) if o]
+  for line in warnings:
+    logging.warning("%s", line)
+  folder_lib.write_failed(output, input_failures + failed)
   folder_lib.write_summary(output, [names[i] for i in order], [sources[i] for i in order], rows, save_steps,
-                           settings, has_perceptual=models.perceptual_vars is not None)
-  folder_lib.write_failed(output, failed)
+                           settings, has_perceptual=models.perceptual_vars is not None, outside=outside,
+                           domain_note=domain_note, notes=notes, failed=input_failures + failed)
   means = {k: float(np.mean([r[k] for r in rows])) if rows else math.nan
            for k in ("mse", "psnr", "ssim", "perceptual", "seconds")}
   return InversionSummary(output=output, num_done=len(rows), num_inverted=len(sources) - skipped - len(failed),
-                          num_skipped=skipped, failed=failed, mean_metrics=means)
+                          num_skipped=skipped, failed=input_failures + failed, mean_metrics=means, notes=notes,
+                          outside_domain=warnings, domain_note=domain_note)
 
 
 def compile_check(checkpoint: str | Path | None, config: ml_collections.ConfigDict | None = None,

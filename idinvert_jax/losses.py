@@ -53,16 +53,25 @@ def r1_penalty(logits_fn: Callable[[jax.Array], jax.Array], reals: jax.Array) ->
 
 def encoder_loss(reals: jax.Array, recons: jax.Array, fake_logits: jax.Array, *,
                  real_features: jax.Array | None = None, recon_features: jax.Array | None = None,
-                 lambda_vgg: float = 5e-5, lambda_adv: float = 0.08) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Domain-guided encoder objective; the perceptual term is skipped (counted as 0) without features."""
+                 lambda_vgg: float = 5e-5, lambda_adv: float = 0.08, dfeat_distance: jax.Array | None = None,
+                 lambda_dfeat: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Domain-guided encoder objective; the perceptual term is skipped (counted as 0) without features.
+
+  `dfeat_distance` (with `lambda_dfeat`) is an optional extra perceptual term measured in a frozen
+  discriminator's feature space (training/encoder.discriminator_features; not in the paper). The metrics hold
+  each term unweighted and `e_adv_share`, the adversarial term's share of the weighted total (training health).
+  """
   pixel = mean_squared_error(recons, reals)
   if real_features is None or recon_features is None:
     perceptual = jnp.zeros((), jnp.float32)
   else:
     perceptual = mean_squared_error(recon_features, real_features)
   adversarial = generator_logistic_ns_loss(fake_logits)
-  total = pixel + lambda_vgg * perceptual + lambda_adv * adversarial
-  return total, {"e_loss": total, "e_pixel": pixel, "e_perceptual": perceptual, "e_adv": adversarial}
+  dfeat = jnp.zeros((), jnp.float32) if dfeat_distance is None else dfeat_distance
+  total = pixel + lambda_vgg * perceptual + lambda_adv * adversarial + lambda_dfeat * dfeat
+  adv_share = lambda_adv * adversarial / jnp.maximum(total, 1e-12)
+  return total, {"e_loss": total, "e_pixel": pixel, "e_perceptual": perceptual, "e_adv": adversarial,
+                 "e_dfeat": dfeat, "e_adv_share": adv_share}
 
 
 def in_domain_inversion_loss(targets: jax.Array, recons: jax.Array, wp: jax.Array, wp_reencoded: jax.Array | None,

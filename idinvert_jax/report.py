@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import math
 import os
+import re
 import urllib.parse
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +21,17 @@ from idinvert_jax import files
 
 # Space (pixels) between a label and the grid cells, and around the label text.
 _LABEL_MARGIN = 4
+# Label text size in px (PIL's built-in scalable font; its default of 10 px is hard to read).
+LABEL_FONT_SIZE = 12
+# HTML display of small pictures: an image is enlarged by an integer factor (at most MAX_DISPLAY_SCALE, nearest
+# neighbour so pixels stay sharp) until its tiles reach MIN_DISPLAY_TILE px, without exceeding MAX_DISPLAY_WIDTH x
+# MAX_DISPLAY_HEIGHT. A grid's tile is its cell size (save_grid records it in the PNG as GRID_TILE_KEY); any other
+# image is one tile.
+MIN_DISPLAY_TILE = 256
+MAX_DISPLAY_SCALE = 4
+MAX_DISPLAY_WIDTH = 1800
+MAX_DISPLAY_HEIGHT = 1400
+GRID_TILE_KEY = "idinvert_grid_tile"
 
 
 def _as_uint8_rgb(image: np.ndarray, where: str) -> np.ndarray:
@@ -53,12 +66,40 @@ def _normalise_rows(rows) -> list[list[np.ndarray]]:
 
 
 def _font():
-  return ImageFont.load_default()
+  try:
+    return ImageFont.load_default(size=LABEL_FONT_SIZE)
+  except TypeError:  # Pillow < 10.1: fixed bitmap font only.
+    return ImageFont.load_default()
 
 
 def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
-  left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+  left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font)
   return int(np.ceil(right - min(left, 0))), int(np.ceil(bottom - min(top, 0)))
+
+
+def wrap_label(text: str, width: int, draw: ImageDraw.ImageDraw, font) -> str:
+  """`text` broken into lines no wider than `width` px: after spaces, '_', '-', '/' where possible, else anywhere.
+
+  Column headers such as 'content face_12345_000' above 64-px cells would otherwise run into each other.
+  """
+  lines, line = [], ""
+  for piece in re.findall(r"[^ _\-/]*[ _\-/]?", str(text)):
+    if not piece:
+      continue
+    if _text_size(draw, (line + piece).rstrip(), font)[0] <= width or not line:
+      line += piece
+    else:
+      lines.append(line.rstrip())
+      line = piece
+    while _text_size(draw, line.rstrip(), font)[0] > width and len(line) > 1:  # One piece wider than a cell.
+      cut = len(line) - 1
+      while cut > 1 and _text_size(draw, line[:cut], font)[0] > width:
+        cut -= 1
+      lines.append(line[:cut])
+      line = line[cut:]
+  if line.strip():
+    lines.append(line.rstrip())
+  return "\n".join(lines)
 
 
 def image_grid(rows: list[list[np.ndarray]] | np.ndarray,
@@ -74,7 +115,8 @@ def image_grid(rows: list[list[np.ndarray]] | np.ndarray,
     pad: pixels between cells and around the border.
     pad_value: gray level of padding and label margins (0..255).
     row_labels: optional one label per row, drawn left of the row (PIL's default font).
-    col_labels: optional one label per column, drawn above the column.
+    col_labels: optional one label per column, drawn above the column; labels wider than a cell are wrapped
+      onto several lines (`wrap_label`) so neighbouring headers never overlap.
 
   Returns:
     uint8 array [H_total, W_total, 3]. Without labels, H_total = R*H + (R+1)*pad and likewise for width.
@@ -99,7 +141,8 @@ def image_grid(rows: list[list[np.ndarray]] | np.ndarray,
   if row_labels is not None:
     left = max(_text_size(measure, str(t), font)[0] for t in row_labels) + 2 * _LABEL_MARGIN
   if col_labels is not None:
-    top = max(_text_size(measure, str(t), font)[1] for t in col_labels) + 2 * _LABEL_MARGIN
+    col_labels = [wrap_label(str(t), w, measure, font) for t in col_labels]
+    top = max(_text_size(measure, t, font)[1] for t in col_labels) + 2 * _LABEL_MARGIN
 
   grid_h = top + num_rows * h + (num_rows + 1) * pad
   grid_w = left + num_cols * w + (num_cols + 1) * pad
@@ -118,17 +161,18 @@ def image_grid(rows: list[list[np.ndarray]] | np.ndarray,
   for r, text in enumerate(row_labels or ()):
     tw, th = _text_size(draw, str(text), font)
     y = top + pad + r * (h + pad) + max(0, (h - th) // 2)
-    draw.text((_LABEL_MARGIN, y), str(text), fill=ink, font=font)
+    draw.multiline_text((_LABEL_MARGIN, y), str(text), fill=ink, font=font)
   for c, text in enumerate(col_labels or ()):
     tw, th = _text_size(draw, str(text), font)
-    x = left + pad + c * (w + pad) + max(0, (w - tw) // 2)
-    draw.text((x, _LABEL_MARGIN), str(text), fill=ink, font=font)
+    x = left + pad + c * (w + pad) + (w - tw) // 2  # Centred; a wrapped label is at most w wide.
+    draw.multiline_text((x, _LABEL_MARGIN), str(text), fill=ink, font=font, align="center")
   return np.asarray(canvas, dtype=np.uint8)
 
 
 def save_grid(path: str | os.PathLike, rows, **kwargs) -> Path:
-  """`image_grid(rows, **kwargs)` written atomically as a PNG at `path`; returns the path."""
-  return files.atomic_save_png(path, image_grid(rows, **kwargs))
+  """`image_grid(rows, **kwargs)` written atomically as a PNG at `path` (cell size recorded); returns the path."""
+  tile = min(_normalise_rows(rows)[0][0].shape[:2])
+  return files.atomic_save_png(path, image_grid(rows, **kwargs), text={GRID_TILE_KEY: str(tile)})
 
 
 @dataclasses.dataclass
@@ -140,17 +184,22 @@ class Section:
     text: plain text (escaped; blank lines separate paragraphs).
     images: (relative_path, caption) pairs; paths are relative to the HTML file's folder.
     table: optional (header, rows): header is a list of column names, rows a list of lists of cells.
+    warning: show the text as a warning (highlighted box), e.g. an image outside the model's domain.
   """
   heading: str
   text: str = ""
   images: list[tuple[str, str]] = dataclasses.field(default_factory=list)
   table: tuple[Sequence[str], Sequence[Sequence[object]]] | None = None
+  warning: bool = False
 
 
 _STYLE = """
-body { font-family: sans-serif; margin: 2em; max-width: 1200px; }
+body { font-family: sans-serif; margin: 2em; }
+h1, h2, p, table { max-width: 1200px; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; }
-figure img { max-width: 100%; image-rendering: pixelated; }
+figure { max-width: 100%; overflow-x: auto; }
+figure img { image-rendering: pixelated; }
+p.warning { background: #fff3cd; border: 1px solid #e0b000; padding: 0.4em 0.7em; }
 figcaption { font-size: 0.9em; color: #444; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
@@ -172,11 +221,31 @@ def _format_cell(value: object) -> str:
   return html.escape(str(value))
 
 
-def _section_html(section: Section) -> list[str]:
+def display_scale(width: int, height: int, tile: int | None = None) -> int:
+  """Integer enlargement of a width x height image whose tiles are `tile` px (default: one tile, min(w, h))."""
+  tile = tile or min(width, height)
+  wanted = min(MAX_DISPLAY_SCALE, math.ceil(MIN_DISPLAY_TILE / max(1, tile)))
+  return max(1, min(wanted, MAX_DISPLAY_WIDTH // max(1, width), MAX_DISPLAY_HEIGHT // max(1, height)))
+
+
+def _image_size(base_dir: Path | None, path: str) -> tuple[int, int, int | None] | None:
+  """(width, height, grid tile or None) of an image next to the page (header only); None if unreadable."""
+  if base_dir is None:
+    return None
+  try:
+    with Image.open(base_dir / path) as image:
+      tile = image.info.get(GRID_TILE_KEY)
+      return image.width, image.height, int(tile) if tile and str(tile).isdigit() else None
+  except (OSError, ValueError):
+    return None
+
+
+def _section_html(section: Section, base_dir: Path | None = None) -> list[str]:
   parts = [f"<h2>{html.escape(section.heading)}</h2>"]
+  css = ' class="warning"' if section.warning else ""
   for paragraph in (p.strip() for p in section.text.split("\n\n")):
     if paragraph:
-      parts.append(f"<p>{html.escape(paragraph)}</p>")
+      parts.append(f"<p{css}>{html.escape(paragraph)}</p>")
   if section.table is not None:
     header, rows = section.table
     parts.append("<table>")
@@ -187,22 +256,31 @@ def _section_html(section: Section) -> list[str]:
   for path, caption in section.images:
     link = _relative_link(path)
     text = html.escape(caption)
-    parts.append(f'<figure><a href="{link}"><img src="{link}" alt="{text}"></a>'
+    size = _image_size(base_dir, path)
+    dims = ""
+    if size is not None:
+      scale = display_scale(*size)
+      dims = f' width="{size[0] * scale}" height="{size[1] * scale}"'
+    parts.append(f'<figure><a href="{link}"><img src="{link}" alt="{text}"{dims}></a>'
                  f"<figcaption>{text}</figcaption></figure>")
   return parts
 
 
-def render_html(title: str, sections: Sequence[Section]) -> str:
-  """The HTML text of a report page (see `write_html`)."""
+def render_html(title: str, sections: Sequence[Section], base_dir: str | os.PathLike | None = None) -> str:
+  """The HTML text of a report page (see `write_html`); `base_dir` is where the images are (for their sizes)."""
   parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
            f"<title>{html.escape(title)}</title>", f"<style>{_STYLE}</style>", "</head>", "<body>",
            f"<h1>{html.escape(title)}</h1>"]
   for section in sections:
-    parts.extend(_section_html(section))
+    parts.extend(_section_html(section, None if base_dir is None else Path(base_dir)))
   parts.extend(["</body>", "</html>", ""])
   return "\n".join(parts)
 
 
 def write_html(path: str | os.PathLike, title: str, sections: Sequence[Section]) -> Path:
-  """Writes a self-contained static HTML page (inline CSS, relative image links, escaped text) atomically."""
-  return files.atomic_write_text(path, render_html(title, sections))
+  """Writes a self-contained static HTML page (inline CSS, relative image links, escaped text) atomically.
+
+  Write the images first: small ones (a 64-px model's tiles) get width/height attributes that enlarge them by an
+  integer factor, drawn nearest-neighbour (`display_scale`).
+  """
+  return files.atomic_write_text(path, render_html(title, sections, base_dir=Path(path).parent))

@@ -294,6 +294,9 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
   assert cli.main(["--generator", str(tmp_path / "absent.pth"), "--output", str(tmp_path / "c"),
                    "--config", config]) == 1
   assert "absent.pth" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as usage:  # a usage error is 'nothing could be done' (1), not argparse's 2
+    cli.main(["--output", str(tmp_path / "c")])
+  assert usage.value.code == 1 and "pass at least one of --generator" in capsys.readouterr().err
 
 
 def test_pth_reader_rejects_out_of_bounds_tensor_views(tmp_path):

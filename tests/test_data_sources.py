@@ -1,5 +1,6 @@
 """Every image source yields the same preprocessed array for the same image; inputs expand predictably; user
 errors (empty folder, missing path, unprepared TFDS dataset, bad arrays) are one-line messages naming the path."""
+import os
 import pickle
 import socket
 from pathlib import Path
@@ -170,6 +171,14 @@ def test_tfds_not_prepared_says_how_to_prepare(tmp_path, no_network):
                         RESOLUTION)
 
 
+def test_tfds_without_the_extra_names_the_install(tmp_path, monkeypatch):
+  import sys
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import -> ImportError
+  with pytest.raises(ValueError, match=r"tensorflow-datasets is not installed; install it with `pip install -e "
+                                       r"\.\[tfds\]`"):
+    sources.open_source(_config(source="tfds", tfds_name="celeb_a", tfds_data_dir=str(tmp_path)), RESOLUTION)
+
+
 def test_config_errors_are_clear():
   with pytest.raises(ValueError, match="data.source='zip' is unknown"):
     sources.open_source(_config(source="zip"), RESOLUTION)
@@ -304,11 +313,11 @@ def test_export_writes_a_subset_as_pngs(tmp_path, capsys):
 def test_export_errors_are_one_line_naming_the_flag(tmp_path, capsys, args, fix):
   np.savez(tmp_path / "data.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
   argv = ["export"] + [a.format(tmp=tmp_path) for a in args] + ["--output", str(tmp_path / "out")]
-  assert data_cli.main(argv) == 2
+  assert data_cli.main(argv) == 1
   err = capsys.readouterr().err
   assert err.startswith("error: ") and fix in err and err.count("\n") == 1
   assert not list(tmp_path.glob("out/*.png"))
-  assert data_cli.main(["export", "--path", str(tmp_path / "data.npz"), "--output", str(tmp_path / "x.png")]) == 2
+  assert data_cli.main(["export", "--path", str(tmp_path / "data.npz"), "--output", str(tmp_path / "x.png")]) == 1
   assert "give a folder for --output" in capsys.readouterr().err
 
 
@@ -324,3 +333,36 @@ def test_training_iterator_reads_only_the_subset(tmp_path):
       assert images.shape == (5, 8, 8, 3)
       assert sorted(images[:, 0, 0, 0] // 10) == [7, 8, 9, 10, 11]
       assert sorted(indices) == [0, 1, 2, 3, 4]  # Indices of the subset source.
+
+
+def test_export_exit_codes_follow_the_policy(tmp_path, capsys):
+  """0 all exported; 2 finished but some inputs failed (failed.txt in the output folder); 1 usage errors."""
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "good.png")
+  (folder / "broken.png").write_text("not a png")
+  out = tmp_path / "out"
+  assert data_cli.main(["export", "--path", str(folder), "--output", str(out)]) == 2
+  assert "broken.png" in (out / data_cli.FAILED_FILE).read_text() and "failed.txt" in capsys.readouterr().out
+  (folder / "broken.png").unlink()
+  assert data_cli.main(["export", "--path", str(folder), "--output", str(out)]) == 0
+  assert not (out / data_cli.FAILED_FILE).exists()  # nothing failed any more
+  with pytest.raises(SystemExit) as usage:
+    data_cli.main(["export", "--path", str(folder)])  # --output missing
+  assert usage.value.code == 1
+
+
+def test_unreadable_subfolders_are_named_and_the_rest_is_read(tmp_path, caplog, monkeypatch):
+  (tmp_path / "ok").mkdir()
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "ok" / "a.png")
+  (tmp_path / "locked").mkdir()
+  real_scandir = os.scandir
+
+  def scandir(path="."):  # as os.scandir on a folder without read permission (root can read any folder)
+    if str(path).endswith("locked"):
+      raise PermissionError(13, "Permission denied", str(path))
+    return real_scandir(path)
+
+  monkeypatch.setattr(os, "scandir", scandir)
+  assert [p.name for p in sources.expand_inputs([tmp_path])] == ["a.png"]
+  assert f"skipping {tmp_path / 'locked'}: Permission denied" in caplog.text

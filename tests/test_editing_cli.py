@@ -1,5 +1,6 @@
 """`edit.py` subcommands end to end on a tiny random checkpoint (few iterations), checking every written file."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import jax
@@ -81,7 +82,7 @@ def test_interpolate_within_one_folder_and_bad_indices(setup, tmp_path, capsys):
   assert codes.shape == (1, 2, 7, setup["L"], setup["D"])
   np.testing.assert_array_equal(codes[0, 1, -1], codes_a[2])
   assert cli.main(["interpolate", "--checkpoint", str(setup["ckpt"]), "--src_dir", str(a), "--src", "7",
-                   "--output", str(tmp_path / "bad")]) == 2
+                   "--output", str(tmp_path / "bad")]) == 1
   assert "--src [7] are out of range 0..2" in capsys.readouterr().err
 
 
@@ -166,7 +167,7 @@ def test_style_mix_copies_style_layers(setup, tmp_path):
   assert "style_mixing.png" in (out / "index.html").read_text()
 
 
-def test_diffuse_writes_results_for_every_pair(setup, tmp_path):
+def test_diffuse_writes_results_for_every_pair(setup, tmp_path, caplog):
   a, _, images_a = setup["folders"]["a"]
   contexts = tmp_path / "contexts"
   for i in range(2):
@@ -180,9 +181,22 @@ def test_diffuse_writes_results_for_every_pair(setup, tmp_path):
   assert codes.shape == (1, 2, setup["L"], setup["D"]) and np.all(np.isfinite(codes))
   assert (out / "context_list.txt").read_text().splitlines() == [str(contexts / "c0.png"), str(contexts / "c1.png")]
   assert "diffusion.png" in (out / "index.html").read_text()
-  # Without VGG16 weights in the checkpoint the perceptual objective is refused with a hint.
+  # Without VGG16 weights it warns and goes on with the pixel objective, as invert.py does (it used to refuse).
+  caplog.clear()
   assert cli.main(["diffuse", "--checkpoint", str(setup["ckpt"]), "--targets", str(tmp_path / "t.png"),
-                   "--contexts", str(contexts), "--output", str(tmp_path / "refused")]) == 2
+                   "--contexts", str(contexts), "--num_iterations", "2", "--num_results", "1",
+                   "--output", str(tmp_path / "no_vgg")]) == 0
+  assert "has no VGG16 weights: the perceptual term is off" in caplog.text
+  np.testing.assert_array_equal(np.load(tmp_path / "no_vgg" / "diffused_codes.npy"), codes)  # = --no_perceptual
+
+
+def test_diffuse_shows_progress_by_default_on_a_terminal(monkeypatch):
+  monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+  assert cli.show_progress(None) and not cli.show_progress(False)
+  monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+  assert not cli.show_progress(None) and cli.show_progress(True)
+  assert cli.build_parser().parse_args(["diffuse", "--checkpoint", "c", "--targets", "t", "--contexts", "c",
+                                        "--output", "o"]).progress is None
 
 
 def test_every_subcommand_documents_its_flags(capsys):
@@ -191,3 +205,12 @@ def test_every_subcommand_documents_its_flags(capsys):
       cli.main([command, "--help"])
     text = capsys.readouterr().out
     assert "--output" in text and "--checkpoint" in text
+
+
+def test_usage_errors_exit_1_and_help_states_the_exit_codes(capsys):
+  with pytest.raises(SystemExit) as usage:
+    cli.main(["manipulate", "--checkpoint", "x"])  # --output and --codes_dir missing
+  assert usage.value.code == 1
+  with pytest.raises(SystemExit):
+    cli.main(["--help"])
+  assert "Exit codes: 0" in capsys.readouterr().out

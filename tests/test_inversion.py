@@ -198,3 +198,14 @@ def test_user_errors_are_one_line_and_name_the_fix(fns):
   wrong = fns._replace(num_layers=LAYERS + 2)
   with pytest.raises(inversion.InversionError, match="does not accept W\\+ codes|takes"):
     inversion.check_models(wrong)
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "loss_weight_pix", "loss_weight_feat", "loss_weight_enc"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_non_finite_or_negative_hyper_parameters_are_refused_when_parsed(field, value):
+  with pytest.raises(inversion.InversionError, match=rf"^invert: {field}={value}; use a finite value >= 0") as e:
+    inversion.InvertSettings.from_config(None, **{field: value})
+  assert "\n" not in str(e.value)
+  for name, bad in (("num_iterations", -1), ("batch_size", 0), ("num_results", -1), ("chunk_size", 0)):
+    with pytest.raises(inversion.InversionError, match=rf"^invert: {name}={bad}; use a value >= "):
+      inversion.InvertSettings.from_config(None, **{name: bad})

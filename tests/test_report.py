@@ -91,3 +91,40 @@ def test_html_refuses_absolute_image_paths(tmp_path):
   for bad in ("/tmp/x.png", "http://example.com/x.png"):
     with pytest.raises(ValueError, match="relative"):
       report.write_html(tmp_path / "i.html", "t", [report.Section("s", images=[(bad, "c")])])
+
+
+def test_long_column_headers_wrap_instead_of_overlapping():
+  """The style-mixing grid's headers ('content face_12345_000' above 64-px cells) used to run into each other."""
+  from PIL import ImageDraw
+  labels = ["style", "content face_12345_000", "content face_12345_001"]
+  grid = report.image_grid(_cells(1, 3, 64, 64), pad=2, col_labels=labels)
+  draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), report._font()
+  for label in labels:
+    wrapped = report.wrap_label(label, 64, draw, font)
+    assert "".join(wrapped.split()) == "".join(label.split())  # Nothing lost, only line breaks added.
+    assert report._text_size(draw, wrapped, font)[0] <= 64
+  assert "\n" in report.wrap_label(labels[1], 64, draw, font)
+  # Header band: ink above every column, none in the padding between columns (headers never touch).
+  top = grid.shape[0] - (64 + 2 * 2)
+  band = grid[:top].min(axis=(0, 2))
+  for c in range(3):
+    assert band[2 + c * 66:2 + c * 66 + 64].min() < 128
+    assert band[c * 66:c * 66 + 2].min() == 255
+
+
+def test_html_enlarges_small_images_nearest_neighbour(tmp_path):
+  Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "tile.png")
+  Image.fromarray(np.zeros((140, 540, 3), np.uint8)).save(tmp_path / "grid.png")
+  Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(tmp_path / "big.png")
+  report.save_grid(tmp_path / "cells.png", _cells(1, 7, 64, 64), pad=2)  # 464 x 68 px of 64-px cells
+  path = report.write_html(tmp_path / "index.html", "t", [report.Section(
+      "s", text="outside the domain", warning=True,
+      images=[("tile.png", "a"), ("grid.png", "b"), ("big.png", "c"), ("missing.png", "d"), ("cells.png", "e")])])
+  text = path.read_text()
+  assert 'src="tile.png" alt="a" width="256" height="256"' in text  # 64 px -> 4x.
+  assert 'src="grid.png" alt="b" width="1080" height="280"' in text  # A plain image is one tile: 140 px -> 2x.
+  assert 'src="cells.png" alt="e" width="1392" height="204"' in text  # 64-px cells: 3x (4x is wider than 1800).
+  assert 'src="big.png" alt="c" width="256" height="256"' in text
+  assert 'src="missing.png" alt="d">' in text
+  assert "image-rendering: pixelated" in text
+  assert '<p class="warning">outside the domain</p>' in text

@@ -223,7 +223,7 @@ def test_export_cli_writes_folder_and_npz(tmp_path, capsys):
     for name in sf.ATTRIBUTES:
       np.testing.assert_array_equal(archive[name], labels[name])
   assert not list(tmp_path.glob(".*.tmp"))  # Atomic writes leave no temporaries.
-  assert data_cli.main(["export-synthetic", "--num", "2", "--resolution", "8", "--output", str(tmp_path / "x")]) == 2
+  assert data_cli.main(["export-synthetic", "--num", "2", "--resolution", "8", "--output", str(tmp_path / "x")]) == 1
   assert "32...256" in capsys.readouterr().err
   with pytest.raises(SystemExit) as info:
     data_cli.main(["export-synthetic", "--help"])

@@ -5,11 +5,13 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from configs import tiny
 from idinvert_jax import export
 from idinvert_jax import training
 from idinvert_jax.training import arrays
+from idinvert_jax.training import checkpoints
 from idinvert_jax.training import loop
 from idinvert_jax.training import mesh as mesh_lib
 
@@ -69,3 +71,23 @@ def test_stale_model_warnings_only_for_another_or_unknown_generator():
   (line,) = loop.stale_model_warnings({"encoder": None}, {"generator": gan3})
   assert "(an unrecorded source), trained on the generator of an unrecorded source" in line
   assert loop.stale_model_warnings({"encoder": encoder}, {"discriminator": gan3}) == []
+
+
+def test_resume_with_another_model_config_stops_before_touching_the_run(tmp_path, caplog):
+  """A checkpoint that does not fit the run's config is not corruption: nothing is moved, export/ stays, and the
+  error names the differing entries and the fix."""
+  mesh = mesh_lib.make_mesh(None, jax.devices()[:1])
+  train_stage(two_stage_config(gan_steps=2), tmp_path, "gan", mesh)
+  steps_before = sorted(p.name for p in (tmp_path / "checkpoints" / "gan").iterdir())
+  export_before = (tmp_path / "export" / export.CONFIG_FILE).read_bytes()
+  changed = two_stage_config(gan_steps=4)
+  changed.model.generator.mapping_layers += 1  # another structure: entries the checkpoint does not have
+  changed.model.discriminator.fmaps_max = 16  # and other shapes
+  with pytest.raises(checkpoints.CheckpointMismatchError) as error:
+    train_stage(changed, tmp_path, "gan", mesh)
+  message = str(error.value)
+  assert "\n" not in message and "does not match this run's config" in message
+  assert "not in the checkpoint" in message and "shape" in message and "same config" in message and "new --workdir" in message
+  assert sorted(p.name for p in (tmp_path / "checkpoints" / "gan").iterdir()) == steps_before
+  assert not (tmp_path / "checkpoints" / "gan_corrupt").exists() and "corrupt" not in caplog.text
+  assert (tmp_path / "export" / export.CONFIG_FILE).read_bytes() == export_before

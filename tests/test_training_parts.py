@@ -200,6 +200,25 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
   ckpt.close()
 
 
+def test_a_checkpoint_of_other_shapes_is_a_mismatch_not_corruption(tmp_path, caplog):
+  directory = tmp_path / "checkpoints"
+  ckpt = checkpoints.TrainCheckpointer(directory)
+  for step in (1, 2):
+    ckpt.save(step, _small_state(step), {})
+  ckpt.close()
+  other = dict(_small_state(0), w=jnp.zeros((5, 3)), b=jnp.zeros(2))  # another model config
+  ckpt = checkpoints.TrainCheckpointer(directory)
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r"^checkpoint step 2 in .* does not match this run's config \(2 entries differ: b: not in "
+                           r"the checkpoint; w: shape \(4, 3\) in the checkpoint, \(5, 3\) in this run\); nothing "
+                           r"was changed: resume with the same config .* or train the new config in a new --workdir$"):
+    ckpt.restore_latest(other)
+  assert ckpt.all_steps() == [1, 2] and not os.path.exists(str(directory) + "_corrupt")
+  assert "corrupt" not in caplog.text
+  assert ckpt.restore_latest(_small_state(0))[0] == 2  # the matching config still resumes the newest step
+  ckpt.close()
+
+
 def test_no_checkpoint_restores_none_and_nan_state_is_rejected(tmp_path):
   ckpt = checkpoints.TrainCheckpointer(tmp_path / "c")
   assert ckpt.restore_latest(_small_state(0)) is None

@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from idinvert_jax import exit_codes
 from idinvert_jax.convert import official
 
 DEFAULT_CONFIG = "configs/ffhq256.py"
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m idinvert_jax.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = exit_codes.ArgumentParser(prog="python -m idinvert_jax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--generator", help="official StyleGAN generator .pth (idinvert_pytorch layout)")
   parser.add_argument("--encoder", help="official domain-guided encoder .pth")
   parser.add_argument("--perceptual", "--vgg", dest="perceptual", help="VGG16 weights: official vgg16.pth or Keras ..._notop.h5")
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     return 0
   except (ValueError, FileNotFoundError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return exit_codes.NOTHING_DONE
 
 
 if __name__ == "__main__":

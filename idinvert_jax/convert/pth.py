@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import io
 import os
-import pickle
 import struct
 import zipfile
 from typing import Any
@@ -38,7 +37,14 @@ def _load_zip(path: str) -> Any:
     root = pkl_names[0][:-len("data.pkl")]
     if f"{root}byteorder" in names and archive.read(f"{root}byteorder").strip() != b"little":
       raise PthFormatError(f"{path}: big-endian .pth files are not supported")
+    file_size = os.path.getsize(path)
+    for info in archive.infolist():
+      # torch stores members uncompressed; a compressed member could expand to anything (a zip bomb).
+      if info.compress_type != zipfile.ZIP_STORED or info.file_size > file_size:
+        raise PthFormatError(f"{path}: member {info.filename} is compressed or larger than the file; torch "
+                             "writes stored members only")
     cache: dict[str, np.ndarray] = {}
+    budget = untrusted.Budget(2 * file_size + (1 << 20))
 
     def load_storage(storage_type: untrusted.StorageType, key: str, numel: int) -> np.ndarray:
       if key not in cache:
@@ -46,46 +52,56 @@ def _load_zip(path: str) -> Any:
         array = np.frombuffer(data, dtype=storage_type.dtype.newbyteorder("<"))
         if array.size < numel:
           raise PthFormatError(f"{path}: storage {key} holds {array.size} elements, expected {numel}")
+        budget.spend(array.nbytes)
         cache[key] = array.astype(storage_type.dtype)
       return cache[key]
 
     with archive.open(pkl_names[0]) as f:
-      return untrusted.TorchUnpickler(io.BytesIO(f.read()), load_storage).load()
+      return untrusted.TorchUnpickler(io.BytesIO(f.read()), load_storage, budget).load()
 
 
 def _load_legacy(path: str) -> Any:
-  with open(path, "rb") as f:
-    no_storage = lambda *args: (_ for _ in ()).throw(PthFormatError(f"{path}: storage in a header pickle"))
-    magic = untrusted.TorchUnpickler(f, no_storage).load()
-    if magic != _LEGACY_MAGIC:
-      raise PthFormatError(f"{path}: not a PyTorch file (neither a zip nor the legacy magic number)")
-    protocol = untrusted.TorchUnpickler(f, no_storage).load()
-    if protocol != _LEGACY_PROTOCOL:
-      raise PthFormatError(f"{path}: unsupported legacy protocol {protocol}")
-    sys_info = untrusted.TorchUnpickler(f, no_storage).load()
-    if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-      raise PthFormatError(f"{path}: big-endian .pth files are not supported")
+  with open(path, "rb") as file:
+    # In memory, so no declared length can make a read allocate more than the file holds.
+    f = io.BytesIO(file.read())
+  budget = untrusted.Budget(2 * len(f.getbuffer()) + (1 << 20))
+  no_storage = lambda *args: (_ for _ in ()).throw(PthFormatError(f"{path}: storage in a header pickle"))
+  magic = untrusted.TorchUnpickler(f, no_storage).load()
+  if magic != _LEGACY_MAGIC:
+    raise PthFormatError(f"{path}: not a PyTorch file (neither a zip nor the legacy magic number)")
+  protocol = untrusted.TorchUnpickler(f, no_storage).load()
+  if protocol != _LEGACY_PROTOCOL:
+    raise PthFormatError(f"{path}: unsupported legacy protocol {protocol}")
+  sys_info = untrusted.TorchUnpickler(f, no_storage).load()
+  if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+    raise PthFormatError(f"{path}: big-endian .pth files are not supported")
 
-    # Storages are read after the object pickle; keep placeholders and fill them in afterwards.
-    placeholders: dict[str, tuple[untrusted.StorageType, int, list]] = {}
+  # Storages are read after the object pickle; keep placeholders and fill them in afterwards.
+  placeholders: dict[str, tuple[untrusted.StorageType, int, list]] = {}
 
-    def load_storage(storage_type: untrusted.StorageType, key: str, numel: int):
-      if key not in placeholders:
-        placeholders[key] = (storage_type, numel, [])
-      return untrusted.PendingStorage(key, storage_type.dtype)
+  def load_storage(storage_type: untrusted.StorageType, key: str, numel: int):
+    if key not in placeholders:
+      placeholders[key] = (storage_type, numel, [])
+    return untrusted.PendingStorage(key, storage_type.dtype)
 
-    obj = untrusted.TorchUnpickler(f, load_storage).load()
-    keys = untrusted.TorchUnpickler(f, no_storage).load()
-    storages = {}
-    for key in keys:
-      key = str(key)
-      (size,) = struct.unpack("<q", f.read(8))
-      storage_type, _, _ = placeholders[key]
-      raw = f.read(size * storage_type.dtype.itemsize)
-      if len(raw) != size * storage_type.dtype.itemsize:
-        raise PthFormatError(f"{path}: truncated storage {key}")
-      storages[key] = np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder("<")).astype(storage_type.dtype)
-  return untrusted.resolve_pending(obj, storages, path)
+  obj = untrusted.TorchUnpickler(f, load_storage, budget).load()
+  keys = untrusted.TorchUnpickler(f, no_storage).load()
+  if not isinstance(keys, (list, tuple)):
+    raise PthFormatError(f"{path}: the storage key list is a {type(keys).__name__}")
+  storages = {}
+  for key in keys:
+    key = str(key)
+    if key not in placeholders:
+      raise PthFormatError(f"{path}: storage {key} is not used by any tensor")
+    (size,) = struct.unpack("<q", f.read(8))
+    storage_type, _, _ = placeholders[key]
+    nbytes = size * storage_type.dtype.itemsize
+    if size < 0 or nbytes > len(f.getbuffer()) - f.tell():
+      raise PthFormatError(f"{path}: storage {key} declares {size} elements, more than the file holds")
+    budget.spend(nbytes)
+    storages[key] = np.frombuffer(f.read(nbytes), dtype=storage_type.dtype.newbyteorder("<")).astype(
+        storage_type.dtype)
+  return untrusted.resolve_pending(obj, storages, path, budget)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -103,8 +119,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path in str(e):
       raise
     raise type(e)(f"{path}: {e}") from None
-  except (pickle.UnpicklingError, EOFError, KeyError, struct.error, TypeError, AttributeError) as e:
-    raise PthFormatError(f"{path}: not a readable PyTorch state_dict ({type(e).__name__}: {e})") from e
+  except Exception as e:  # pylint: disable=broad-except
+    # Anything else a malformed file makes the zip, struct or pickle machinery raise: one line, no traceback.
+    first = str(e).splitlines()[0] if str(e) else ""
+    raise PthFormatError(f"{path}: not a readable PyTorch state_dict ({type(e).__name__}: {first[:200]})") from None
   for wrapper in ("state_dict", "model"):
     if isinstance(obj, dict) and set(obj) == {wrapper}:
       obj = obj[wrapper]

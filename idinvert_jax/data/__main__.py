@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from idinvert_jax import files
+from idinvert_jax import exit_codes, files
 from idinvert_jax.data import get_data_config, preprocess, sources, synthetic_faces
+
+FAILED_FILE = "failed.txt"  # in the output folder: the images that could not be exported, one reason a line
 
 _EXPORT_CHUNK = 500  # Images rendered per step: bounds memory for large exports.
 
@@ -103,6 +105,10 @@ def export_images(source: sources.ImageSource, output: str | Path, resolution: i
     written.append(files.atomic_save_png(output / file_name, image))
     rows.append(f"{file_name},{index},{_csv_field(name)}")
   files.atomic_write_text(output / "index.csv", "\n".join(["file,index,source_name"] + rows) + "\n")
+  if failures:  # The exit-code policy: failed inputs are listed in the output folder.
+    files.atomic_write_text(output / FAILED_FILE, "".join(f"{message}\n" for message in failures))
+  elif (output / FAILED_FILE).exists():
+    (output / FAILED_FILE).unlink()
   return written, failures
 
 
@@ -125,17 +131,19 @@ def _export(args) -> int:
     written, failures = export_images(source, args.output, args.resolution, cfg)
   except (ValueError, OSError) as e:  # Missing paths, bad arrays, bad --subset, unwritable output.
     print(f"error: {_cli_message(e)}", file=sys.stderr)
-    return 2
+    return exit_codes.NOTHING_DONE
   for message in failures[:10]:
     print(f"skipped: {message}", file=sys.stderr)
   size = f"{args.resolution} px" if args.resolution else "original size"
   print(f"wrote {len(written)} images ({size}) of {source.description} to {args.output}"
-        + (f"; skipped {len(failures)} bad images" if failures else ""))
-  return 0 if written else 1
+        + (f"; skipped {len(failures)} bad images, listed in {Path(args.output) / FAILED_FILE}" if failures else ""))
+  if not written and not failures:
+    return exit_codes.NOTHING_DONE
+  return exit_codes.for_failures(failures)
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m idinvert_jax.data", description="Data tools.")
+  parser = exit_codes.ArgumentParser(prog="python -m idinvert_jax.data", description="Data tools.")
   commands = parser.add_subparsers(dest="command", required=True)
   defaults = get_data_config()
   images = commands.add_parser(
@@ -186,12 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     return _export(args)
   if args.num <= 0:
     print(f"error: --num {args.num} must be positive", file=sys.stderr)
-    return 2
+    return exit_codes.NOTHING_DONE
   try:
     path = export_synthetic(args.num, args.resolution, args.seed, args.output, args.start)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return exit_codes.NOTHING_DONE
   print(f"wrote {args.num} synthetic faces ({args.resolution} px, seed {args.seed}) to {path}")
   return 0
 

@@ -10,6 +10,7 @@ source to a contiguous range of its indices (`SubsetSource`), e.g. train on ":49
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -52,7 +53,11 @@ def scan_folder(folder: str | os.PathLike) -> list[Path]:
   """All image files under `folder` (recursive, hidden files and folders skipped), sorted by path."""
   folder = Path(folder)
   found = []
-  for root, dirs, files in os.walk(folder):
+
+  def unreadable(error: OSError) -> None:  # The rest of the folder is still read; this part is named.
+    logging.warning("skipping %s: %s", error.filename, error.strerror or error)
+
+  for root, dirs, files in os.walk(folder, onerror=unreadable):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     found.extend(Path(root) / name for name in files if _is_image_file(Path(name)))
   return sorted(found)
@@ -219,7 +224,11 @@ def tfds_prepare_hint(name: str, data_dir: str | None) -> str:
 
 
 def _open_tfds(name: str, split: str, data_dir: str | None):
-  import tensorflow_datasets as tfds  # Imported lazily: it is slow to import and only needed here.
+  try:
+    import tensorflow_datasets as tfds  # Imported lazily: it is slow to import and only needed here.
+  except ImportError:
+    raise ValueError(f"tfds:{name}: tensorflow-datasets is not installed; install it with "
+                     "`pip install -e .[tfds]`") from None
 
   try:
     builder = tfds.builder(name, data_dir=data_dir or None, try_gcs=False)

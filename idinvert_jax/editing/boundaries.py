@@ -11,8 +11,8 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -58,16 +58,21 @@ def _read_npy(path: Path) -> Any:
       version = np.lib.format.read_magic(f)
       read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                      else np.lib.format.read_array_header_2_0)
-      _, _, dtype = read_header(f)
-    except ValueError as e:
+      shape, fortran, dtype = read_header(f)
+    except Exception as e:  # pylint: disable=broad-except
       raise BoundaryFileError(f"{path}: not a .npy file ({e}); pass an official boundary .npy, a plain array "
                               ".npy or a project .npz.") from None
     if not dtype.hasobject:
-      f.seek(0)
-      return np.load(f, allow_pickle=False)
+      # The declared size must be the bytes that follow: numpy would allocate whatever the header claims.
+      present = os.fstat(f.fileno()).st_size - f.tell()
+      declared = math.prod(shape) * dtype.itemsize
+      if dtype.fields is not None or dtype.subdtype is not None or declared != present:
+        raise BoundaryFileError(f"{path}: its header declares {shape} {dtype} ({declared} bytes) but {present} "
+                                "bytes follow; pass an intact boundary file.")
+      return np.array(np.frombuffer(f.read(present), dtype).reshape(shape, order="F" if fortran else "C"))
     try:
       value = untrusted.loads_arrays(f.read())
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
+    except ValueError as e:
       raise BoundaryFileError(f"{path}: refused to unpickle ({e}); only numpy arrays and plain dicts/lists are "
                               "accepted - re-save the boundary as a plain array or a project .npz.") from None
   if isinstance(value, np.ndarray) and value.shape == () and value.dtype == object:
@@ -83,14 +88,27 @@ def load_boundary(path: str | os.PathLike) -> Boundary:
   if path.suffix == ".npz":
     return _load_npz(path)
   value = _read_npy(path)
+  try:
+    return _boundary_of(value, path)
+  except (TypeError, AttributeError, ValueError, OverflowError) as e:
+    if isinstance(e, BoundaryFileError):
+      raise
+    raise BoundaryFileError(f"{path}: not an official boundary ({type(e).__name__}: {e}); pass a float array "
+                            "[1, D] / [1, L, D] or an official boundary dict.") from None
+
+
+def _boundary_of(value: Any, path: Path) -> Boundary:
   meta = {"source": str(path)}
   if isinstance(value, dict):
     if "boundary" not in value:
       raise BoundaryFileError(f"{path}: dict without a 'boundary' entry (keys {sorted(map(str, value))}); "
                               "pass an official boundary file.")
-    layers = (value.get("meta_data") or {}).get("manipulate_layers") or None
+    meta_data = value.get("meta_data") or {}
+    if not isinstance(meta_data, dict):
+      raise BoundaryFileError(f"{path}: meta_data is a {type(meta_data).__name__}, expected a dict.")
+    layers = meta_data.get("manipulate_layers") or None
     direction = np.asarray(value["boundary"], dtype=np.float32)
-    meta["meta_data"] = _jsonable(value.get("meta_data") or {})
+    meta["meta_data"] = _jsonable(meta_data)
   elif isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
     layers, direction = None, value.astype(np.float32)
   else:

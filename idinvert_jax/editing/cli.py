@@ -10,11 +10,15 @@ INV folders are written by invert.py (idinvert_jax/inversion_folder.py): inverte
 image_list.txt (one input path per line, in code order) and <name>_ori.png. Every command writes labelled PNG
 grids, an index.html showing them, and the edited codes as .npy (all atomically). This module only parses flags,
 reads the inputs and calls the jobs in idinvert_jax/editing/jobs.py.
+
+Exit codes: 0 done; 1 nothing could be done (usage error, missing checkpoint or input folder, bad boundary).
+Every command works on whole folders / code sets, so there is no partial result (code 2).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -22,8 +26,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from idinvert_jax import exit_codes
 from idinvert_jax.editing import jobs
 from idinvert_jax.editing.jobs import EditError
+
+
+def show_progress(flag: bool | None) -> bool:
+  """--progress / --no-progress, else a bar whenever stderr is a terminal (a diffusion runs for minutes)."""
+  return sys.stderr.isatty() if flag is None else bool(flag)
 
 
 def load_checkpoint(path: str, names: Sequence[str] | None = ("generator",)):
@@ -139,8 +149,15 @@ def run_diffuse(args: argparse.Namespace) -> Path:
     raise EditError(f"{args.checkpoint} has no encoder; diffusion starts from the encoder's code - use a "
                     "checkpoint with an encoder.")
   if models.perceptual_vars is None and not args.no_perceptual:
-    raise EditError(f"{args.checkpoint} has no perceptual (VGG16) model; add one with the converter or pass "
-                    "--no_perceptual for a pixel-only objective.")
+    from idinvert_jax.convert import vgg16  # pylint: disable=import-outside-toplevel
+    loaded = vgg16.load_perceptual(models.config.model)  # config.model.perceptual.weights, as invert.py does
+    if loaded is not None:
+      models.perceptual, models.perceptual_vars = loaded
+    else:  # As invert.py and the demo: warn and go on with the pixel objective, never random VGG weights.
+      logging.warning("%s has no VGG16 weights: the perceptual term is off (pixel loss only); add them with the "
+                      "converter (--perceptual vgg16.pth) or set config.model.perceptual.weights",
+                      args.checkpoint)
+      args.no_perceptual = True
   _, _, resolution = jobs.generator_shape(models)
   settings = diffuse_lib.diffusion_settings(models.config, num_iterations=args.num_iterations,
                                             learning_rate=args.learning_rate,
@@ -151,7 +168,7 @@ def run_diffuse(args: argparse.Namespace) -> Path:
   result = jobs.diffuse(models, targets, contexts, settings, args.crop_size, args.center_x, args.center_y,
                         target_names=[Path(p).stem for p in target_paths],
                         context_names=[Path(p).stem for p in context_paths], target_sources=target_paths,
-                        context_sources=context_paths, progress=args.progress)
+                        context_sources=context_paths, progress=show_progress(args.progress))
   result.write(args.output, _describe(args))
   return Path(args.output)
 
@@ -211,8 +228,8 @@ def _common(parser: argparse.ArgumentParser, needs_checkpoint: bool = True, batc
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="edit.py", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = exit_codes.ArgumentParser(prog="edit.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
   p = sub.add_parser("interpolate", help="Linear interpolation between inverted codes.",
@@ -300,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="Intermediate results shown (default: the checkpoint's config.invert, official 5).")
   p.add_argument("--no_perceptual", action="store_true",
                  help="Pixel loss only (for checkpoints without VGG16 weights).")
-  p.add_argument("--progress", action="store_true", help="Show a progress bar.")
+  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                 help="Show a progress bar (default: when stderr is a terminal).")
   p.set_defaults(func=run_diffuse)
   return parser
 
@@ -309,8 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     args.func(args)
-  except (ValueError, FileNotFoundError) as e:  # User-fixable errors (the project's convention).
+  except (ValueError, OSError) as e:  # User-fixable errors (bad inputs, missing or unwritable paths): one line.
     print(f"edit.py {args.command}: {e}", file=sys.stderr)
-    return 2
+    return exit_codes.NOTHING_DONE
   print(f"wrote {Path(args.output) / 'index.html'}")
-  return 0
+  return exit_codes.OK

@@ -79,6 +79,24 @@ class BatchNorm(nn.Module):
     return ((y - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale.value) + bias).astype(x.dtype)
 
 
+NORMALIZATIONS = ("batch", "none")
+
+
+class Bias(nn.Module):
+  """The BatchNorm's place without normalisation (`normalization='none'`): only its trained shift."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    del train
+    return x + self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+
+
+def _norm(normalization: str, axis_name: str | None, name: str) -> nn.Module:
+  if normalization == "none":
+    return Bias(name=name)
+  return BatchNorm(axis_name=axis_name, name=name)
+
+
 def _conv(features: int, kernel: int, use_bias: bool, name: str) -> nn.Conv:
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), use_bias=use_bias,
@@ -89,12 +107,13 @@ class ResBlock(nn.Module):
   """Residual block of the official encoder (see module docstring)."""
   features: int
   bn_axis_name: str | None = None
+  normalization: str = "batch"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     in_features = x.shape[-1]
     hidden = min(in_features, self.features)
-    norm = lambda name: BatchNorm(axis_name=self.bn_axis_name, name=name)
+    norm = lambda name: _norm(self.normalization, self.bn_axis_name, name)
     if in_features != self.features:
       shortcut = _conv(self.features, 1, False, "shortcut_conv")(x)
       shortcut = nn.leaky_relu(norm("shortcut_bn")(shortcut, train), 0.2)
@@ -127,6 +146,9 @@ class Encoder(nn.Module):
   channels_base: int = 64
   channels_max: int = 1024
   bn_axis_name: str | None = None  # set under shard_map/pmap to synchronise BN statistics across devices
+  # 'batch' (official) or 'none': every BatchNorm replaced by a bias (an ablation of the encoder study; the
+  # variables then have no `batch_stats` collection).
+  normalization: str = "batch"
 
   @property
   def num_layers(self) -> int:
@@ -144,14 +166,16 @@ class Encoder(nn.Module):
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:
       raise ValueError(f"encoder input has shape {tuple(x.shape)}; expected [N, {expected[0]}, {expected[1]}, "
                        f"{expected[2]}] (NHWC images in [-1, 1] at config.model.resolution)")
-    norm = lambda name: BatchNorm(axis_name=self.bn_axis_name, name=name)
+    if self.normalization not in NORMALIZATIONS:
+      raise ValueError(f"encoder normalization {self.normalization!r} is unknown; use one of {NORMALIZATIONS}")
+    norm = lambda name: _norm(self.normalization, self.bn_axis_name, name)
     features = self.channels_base
     x = _conv(features, 3, False, "block0_conv")(x)
     x = nn.leaky_relu(norm("block0_bn")(x, train), 0.2)
     for block in range(1, self.num_blocks - 1):
       features = min(features * 2, self.channels_max)
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-      x = ResBlock(features, self.bn_axis_name, name=f"block{block}")(x, train)
+      x = ResBlock(features, self.bn_axis_name, self.normalization, name=f"block{block}")(x, train)
     assert x.shape[1] == _FINAL_RES, x.shape
     # The official dense reads the 4x4 map flattened in NCHW order; transpose so its weights apply unchanged.
     # The barrier keeps the transpose on these few activations: otherwise XLA moves it onto the 117M-entry
@@ -203,4 +227,5 @@ def build_encoder(model_cfg) -> Encoder:
                  w_dim=int(model_cfg.generator.w_dim),
                  image_channels=int(model_cfg.get("image_channels", 3)),
                  channels_base=int(model_cfg.encoder.channels_base),
-                 channels_max=int(model_cfg.encoder.channels_max))
+                 channels_max=int(model_cfg.encoder.channels_max),
+                 normalization=str(model_cfg.encoder.get("normalization", "batch")))

@@ -44,16 +44,23 @@ def get_train_config(stage: str) -> ml_collections.ConfigDict:
 
   gan:     Adam(0, 0.99, 1e-8), lr 0.001 for G and D (the official 256-px FFHQ run used 0.002), R1 gamma 10,
            style mixing 0.9, EMA half-life 10 kimg, w_avg decay 0.995.
-  encoder: Adam(0.9, 0.99, 1e-8) for E and D, lr 1e-4 x0.8 every quarter of training, lambda_vgg 5e-5
-           (0 without VGG16 weights), lambda_adv 0.08, R1 gamma 10; generator from generator_checkpoint
-           ('' = this workdir's export/ of stage 1).
+  encoder: Adam(0.9, 0.99, 1e-8) for E and D, lr 1e-4 x0.8 every quarter of training (lr_schedule
+           'staircase'; also 'constant' and 'cosine', with warmup_steps), lambda_vgg 5e-5 (0 without VGG16
+           weights), lambda_adv 0.08, R1 gamma 10; generator from generator_checkpoint ('' = this workdir's
+           export/ of stage 1). train_bn_scale: also train every BatchNorm scale (gamma), as the official TF
+           code does (the PyTorch port, inference only, freezes it). Not in the paper (0 = off): lambda_dfeat, a
+           perceptual term in the frozen stage-1 discriminator's feature space (training/encoder.discriminator_features). Training health
+           (training/encoder.EncoderHealth): warn when the weighted adversarial term is over health_adv_share of
+           the loss, or when the pixel loss has not improved over the last health_stall_fraction of the run.
   """
   if stage == "gan":
     values = dict(_common_defaults(), g_learning_rate=0.001, d_learning_rate=0.001, adam_b1=0.0, adam_b2=0.99,
                   style_mixing_prob=0.9, ema_kimg=10.0, w_avg_beta=0.995)
   elif stage == "encoder":
-    values = dict(_common_defaults(), learning_rate=1e-4, lr_decay_rate=0.8, lr_decay_every_fraction=0.25,
-                  adam_b1=0.9, adam_b2=0.99, lambda_vgg=5e-5, lambda_adv=0.08, generator_checkpoint="")
+    values = dict(_common_defaults(), learning_rate=1e-4, lr_schedule="staircase", warmup_steps=0,
+                  lr_decay_rate=0.8, lr_decay_every_fraction=0.25, adam_b1=0.9, adam_b2=0.99, lambda_vgg=5e-5,
+                  lambda_adv=0.08, lambda_dfeat=0.0, train_bn_scale=False, generator_checkpoint="",
+                  health_adv_share=0.5, health_stall_fraction=0.2)
   else:
     raise ValueError(f"unknown training stage {stage!r}; use one of {STAGES}")
   return ml_collections.ConfigDict(values)

@@ -8,8 +8,10 @@ One checkpoint step holds three items:
          so their positions differ); older checkpoints hold process 0's state alone;
   meta:  JSON facts for humans (stage, step, images seen).
 Orbax writes each step to a temporary folder and renames it when complete, so a killed save leaves nothing that
-looks finished; a step that still fails to restore (truncated or deleted files) is moved to
-WORKDIR/checkpoints_corrupt/ with a warning and the previous step is used instead.
+looks finished; a step that still fails to read back (truncated or deleted files) is moved to
+WORKDIR/checkpoints_corrupt/ with a warning and the previous step is used instead. A step that reads fine but
+does not fit the run (another model config: other shapes or entries) is not corruption: restore stops with a
+CheckpointMismatchError before anything is moved.
 """
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 
+class CheckpointMismatchError(ValueError):
+  """The checkpoint was written for another model config than the run's (one line: entries and the fix)."""
+
+
 class TrainCheckpointer:
   """Saves and restores the train state + data-iterator state of one stage in `directory`."""
 
@@ -41,7 +47,10 @@ class TrainCheckpointer:
   def _make_manager(self) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True,
                                            enable_async_checkpointing=self._async_save)
-    return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "meta"))
+    # Handlers named up front (not just item names) so item_metadata() can read a step before any restore.
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -76,6 +85,16 @@ class TrainCheckpointer:
     self.wait()
     abstract = jax.tree.map(_abstract_like, target_state)
     for step in reversed(self.all_steps()):
+      try:
+        stored = self._manager.item_metadata(step)["state"]
+      except Exception:  # pylint: disable=broad-except
+        stored = None  # unreadable metadata: the restore below fails too and says why
+      differences = state_differences(stored, abstract) if stored is not None else []
+      if differences:
+        raise CheckpointMismatchError(
+            f"checkpoint step {step} in {self.directory} does not match this run's config "
+            f"({len(differences)} entries differ: {_examples(differences)}); nothing was changed: resume with the "
+            "same config that wrote it, or train the new config in a new --workdir")
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
@@ -150,6 +169,46 @@ def _allgather_json(obj: Any) -> list[Any]:
   padded[:data.size] = data
   gathered = np.asarray(multihost_utils.process_allgather(padded))
   return [json.loads(bytes(row[:length]).decode("utf-8")) for row, length in zip(gathered, lengths)]
+
+
+def _path_name(path: tuple) -> str:
+  """'params/mapping/dense0/kernel' for a key path (dict keys, attribute names and indices alike)."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def _shapes_by_name(tree: Any) -> dict[str, tuple | None]:
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+  return {_path_name(path): (tuple(leaf.shape) if hasattr(leaf, "shape") else None) for path, leaf in leaves}
+
+
+def state_differences(stored_metadata: Any, abstract: Any) -> list[str]:
+  """What differs between a checkpoint's stored state (Orbax tree metadata) and the state this run builds:
+  'name: shape (a) in the checkpoint, (b) in this run', 'name: not in the checkpoint', 'name: only in the
+  checkpoint'. Empty when they fit."""
+  stored = _shapes_by_name(getattr(stored_metadata, "tree", stored_metadata))
+  wanted = _shapes_by_name(abstract)
+  lines = [f"{name}: not in the checkpoint" for name in wanted if name not in stored]
+  lines += [f"{name}: only in the checkpoint" for name in stored if name not in wanted]
+  lines += [f"{name}: shape {stored[name]} in the checkpoint, {wanted[name]} in this run" for name in wanted
+            if name in stored and None not in (stored[name], wanted[name]) and stored[name] != wanted[name]]
+  return lines
+
+
+def _examples(differences: list[str], per_kind: int = 2) -> str:
+  """A few differences of each kind ('not in the checkpoint', 'only in the checkpoint', shapes), '; '-joined."""
+  kinds: dict[str, list[str]] = {}
+  for line in differences:
+    kinds.setdefault("shape" if ": shape " in line else line.rsplit(": ", 1)[-1], []).append(line)
+  shown = [line for lines in kinds.values() for line in lines[:per_kind]]
+  return "; ".join(shown) + ("; ..." if len(shown) < len(differences) else "")
 
 
 def _abstract_like(x: Any) -> Any:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import traverse_util
 from jax.sharding import PartitionSpec as P
 
 from idinvert_jax import export
@@ -31,15 +32,63 @@ from idinvert_jax.training import loop
 from idinvert_jax.training import mesh as mesh_lib
 
 
+LR_SCHEDULES = ("staircase", "constant", "cosine")
+
+
 def learning_rate_schedule(tcfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """lr * decay_rate ** floor(step / (num_steps * decay_every_fraction)) (official staircase decay)."""
-  every = max(1, int(round(num_steps * tcfg.lr_decay_every_fraction)))
-  return optax.exponential_decay(tcfg.learning_rate, transition_steps=every, decay_rate=tcfg.lr_decay_rate,
-                                 staircase=True)
+  """The encoder stage's learning rate per step (config.train.lr_schedule).
+
+  staircase  lr * decay_rate ** floor(step / (num_steps * decay_every_fraction)) (official).
+  constant   lr.
+  cosine     linear warm-up from 0 over warmup_steps, then cosine decay to 0 at num_steps.
+  `warmup_steps` > 0 puts the same linear warm-up in front of the staircase and constant schedules too.
+  """
+  kind = str(tcfg.get("lr_schedule", "staircase"))
+  warmup = int(tcfg.get("warmup_steps", 0))
+  lr = float(tcfg.learning_rate)
+  if kind not in LR_SCHEDULES:
+    raise ValueError(f"config.train.lr_schedule={kind!r} is unknown; use one of {LR_SCHEDULES}")
+  if not 0 <= warmup < max(num_steps, 1):
+    raise ValueError(f"config.train.warmup_steps={warmup} must be in [0, num_steps={num_steps})")
+  if kind == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup, decay_steps=max(num_steps, 1),
+                                              end_value=0.0)
+  if kind == "constant":
+    main = optax.constant_schedule(lr)
+  else:
+    every = max(1, int(round(num_steps * tcfg.lr_decay_every_fraction)))
+    main = optax.exponential_decay(lr, transition_steps=every, decay_rate=tcfg.lr_decay_rate, staircase=True)
+  if not warmup:
+    return main
+  # The staircase keeps counting from step 0, so its decays fall where they would without the warm-up.
+  return lambda step: jnp.minimum(1.0, (step + 1) / warmup) * main(step)
 
 
 def make_optimizer(tcfg: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
   return optax.adam(learning_rate_schedule(tcfg, num_steps), b1=tcfg.adam_b1, b2=tcfg.adam_b2, eps=tcfg.adam_eps)
+
+
+def discriminator_features(discriminator, variables, images: jax.Array) -> list[jax.Array]:
+  """The outputs of D's down blocks (resolution/2 .. 4 px), each unit-normalised over channels per pixel.
+
+  A learned perceptual space that needs no downloaded weights: the stage-1 discriminator was trained on the
+  same images, and its block features respond to the structures it uses to tell real from fake. The per-pixel
+  channel normalisation (as LPIPS does for VGG features) makes every block count alike whatever its scale.
+  """
+  from idinvert_jax.models.discriminator import DownBlock  # pylint: disable=import-outside-toplevel
+  _, state = discriminator.apply(variables, images, capture_intermediates=lambda m, _: isinstance(m, DownBlock),
+                                 mutable=["intermediates"])
+  blocks = state["intermediates"]
+  features = []
+  for name in sorted(blocks, key=lambda n: -int(n.split("x")[0])):  # '64x64' first: fine to coarse
+    x = blocks[name]["__call__"][0]
+    features.append(x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + 1e-8))
+  return features
+
+
+def feature_distance(real: list[jax.Array], recon: list[jax.Array]) -> jax.Array:
+  """Mean over blocks of the mean squared difference of unit-normalised features (0 for identical images)."""
+  return sum(jnp.mean(jnp.square(a - b)) for a, b in zip(real, recon)) / len(real)
 
 
 def resolve_generator_source(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -51,6 +100,82 @@ def resolve_generator_source(config: ml_collections.ConfigDict, workdir: str) ->
     return workdir
   raise FileNotFoundError(f"no generator for encoder training: {workdir}/export does not exist; train stage 1 "
                           "in this workdir first (--stage gan) or pass --config.train.generator_checkpoint=DIR")
+
+
+def trained_variables(encoder_vars: dict, train_bn_scale: bool) -> dict:
+  """What the encoder's optimiser updates: its params, or with train_bn_scale {'params', 'bn_scale'} where
+  bn_scale holds every BatchNorm scale (gamma), which the model keeps next to the running statistics in
+  `batch_stats` (models/encoder.py). Without it the tree is the params alone, the state layout of runs
+  checkpointed before the option existed."""
+  if not train_bn_scale:
+    return encoder_vars["params"]
+  flat = traverse_util.flatten_dict(dict(encoder_vars.get("batch_stats", {})), sep="/")
+  return {"params": encoder_vars["params"], "bn_scale": {k: v for k, v in flat.items() if k.endswith("/scale")}}
+
+
+def split_trained(trained: dict, train_bn_scale: bool) -> tuple[dict, dict | None]:
+  """(params, bn scales or None) of a `trained_variables` tree."""
+  return (trained["params"], trained["bn_scale"]) if train_bn_scale else (trained, None)
+
+
+def with_bn_scales(batch_stats: dict, scales: dict | None) -> dict:
+  """batch_stats with the trained BatchNorm scales written in (unchanged for None)."""
+  if scales is None:
+    return batch_stats
+  flat = traverse_util.flatten_dict(dict(batch_stats), sep="/")
+  flat.update(scales)
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+class EncoderHealth:
+  """Reads the logged encoder losses and says, once per episode, when training goes wrong.
+
+  - The adversarial term dominates: lambda_adv * e_adv is over `adv_share_limit` of the weighted loss at
+    `patience` log points in a row (without a perceptual term the reconstruction then stops improving and
+    codes drift out of the generator's domain; the official repository's "adversarial loss dominates" reports).
+  - The reconstruction stalls: the pixel loss (mean of the last `smooth` logged values, to see past batch noise)
+    has not improved by 1 % over the last `stall_fraction` of the run.
+  Warnings re-arm once the condition clears. Called by the loop with every logged metrics record.
+  """
+
+  def __init__(self, num_steps: int, adv_share_limit: float = 0.5, stall_fraction: float = 0.2,
+               patience: int = 3, smooth: int = 5):
+    self.adv_share_limit = float(adv_share_limit)
+    self.stall_steps = max(1, int(round(stall_fraction * num_steps))) if stall_fraction > 0 else 0
+    self.patience = patience
+    self.smooth = smooth
+    self._adv_run = 0
+    self._adv_warned = False
+    self._pixels: list[float] = []
+    self._best = (float("inf"), 0)  # (smoothed pixel loss, step)
+    self._stall_warned = False
+
+  def __call__(self, step: int, metrics: dict) -> list[str]:
+    warnings = []
+    share, adv, pixel = metrics.get("e_adv_share"), metrics.get("e_adv"), metrics.get("e_pixel")
+    if share is not None and self.adv_share_limit > 0:
+      self._adv_run = self._adv_run + 1 if share > self.adv_share_limit else 0
+      if self._adv_run >= self.patience and not self._adv_warned:
+        self._adv_warned = True
+        warnings.append(f"encoder training, step {step}: the adversarial term is {share:.0%} of the loss "
+                        f"(e_adv {adv:.3g}, e_pixel {pixel:.3g}) for {self._adv_run} log points; reconstructions "
+                        "stop improving when it dominates: lower config.train.lambda_adv (the study in "
+                        "bench/results/encoder_study.md) or add a perceptual term (lambda_vgg / lambda_dfeat)")
+      elif self._adv_run == 0:
+        self._adv_warned = False
+    if pixel is not None and self.stall_steps:
+      self._pixels = (self._pixels + [float(pixel)])[-self.smooth:]
+      smoothed = sum(self._pixels) / len(self._pixels)
+      if smoothed < self._best[0] * 0.99:
+        self._best = (smoothed, step)
+        self._stall_warned = False
+      elif step - self._best[1] >= self.stall_steps and not self._stall_warned:
+        self._stall_warned = True
+        warnings.append(f"encoder training, step {step}: the pixel loss has not improved for "
+                        f"{step - self._best[1]} steps (best {self._best[0]:.4g} at step {self._best[1]}, now "
+                        f"{smoothed:.4g}); a higher learning rate, a longer warm-up or a smaller lambda_adv may "
+                        "help, or training has converged for this encoder size")
+    return warnings
 
 
 class EncoderTrainer(loop.StateShapesMixin):
@@ -78,6 +203,15 @@ class EncoderTrainer(loop.StateShapesMixin):
       logging.warning("encoder training without VGG16 weights: lambda_vgg=%g is replaced by 0 (pixel + adversarial "
                       "loss only); set config.model.perceptual.weights to enable it", float(self.tcfg.lambda_vgg))
     self._initial_discriminator_vars = discriminator_vars
+    self.lambda_dfeat = float(self.tcfg.get("lambda_dfeat", 0.0))
+    if self.lambda_dfeat > 0 and discriminator_vars is None:
+      raise ValueError("config.train.lambda_dfeat > 0 measures reconstructions in the stage-1 discriminator's "
+                       "feature space, but the generator checkpoint has no discriminator; train stage 1 in this "
+                       "workdir (it exports D) or set --config.train.lambda_dfeat=0")
+    # The official TF encoder trains every BatchNorm's gamma (sync_batch_norm, scale=True); the PyTorch port,
+    # inference only, marks it frozen. Without it the last BN forces each W+ entry to unit variance over the
+    # batch, while the generator's w has a spread of about 0.55 (measured on the demo and CelebA generators).
+    self.train_bn_scale = bool(self.tcfg.get("train_bn_scale", False))
     self.e_tx = make_optimizer(self.tcfg, self.num_steps)
     # Compute dtype of E, G, D and VGG16 inside the step; parameters, BN statistics and Adam state stay float32.
     self.dtype = precision.compute_dtype(self.tcfg.get("precision", "float32"), "config.train.encoder.precision")
@@ -85,7 +219,11 @@ class EncoderTrainer(loop.StateShapesMixin):
     replicate = mesh_lib.replicated(mesh)
     # Frozen inputs travel as jit arguments (not constants baked into the program). They are put on the mesh at
     # first use: a compile check for devices this host does not have passes only their shapes (ShapeDtypeStructs).
-    self._frozen_host = {"generator": generator_vars, "perceptual": perceptual_vars}
+    frozen = {"generator": generator_vars, "perceptual": perceptual_vars}
+    if self.lambda_dfeat > 0:
+      # A frozen copy of stage 1's D: a fixed feature space, unlike the D trained alongside (adversary).
+      frozen["feature_discriminator"] = {"params": discriminator_vars["params"]}
+    self._frozen_host = frozen
     self._frozen = None
     rules = tuple(self.config.mesh.get("param_rules", ())) if "mesh" in self.config else ()
     self._state_shapes = jax.eval_shape(self._init_state_unsharded)
@@ -112,9 +250,10 @@ class EncoderTrainer(loop.StateShapesMixin):
     return {
         "step": jnp.zeros((), jnp.int32),
         "rng": base_rng,
-        "encoder": {"params": encoder_vars["params"], "batch_stats": encoder_vars["batch_stats"]},
+        # normalization='none' has no batch statistics: an empty collection keeps one state layout.
+        "encoder": {"params": encoder_vars["params"], "batch_stats": encoder_vars.get("batch_stats", {})},
         "discriminator": {"params": d_params},
-        "e_opt": self.e_tx.init(encoder_vars["params"]),
+        "e_opt": self.e_tx.init(trained_variables(encoder_vars, self.train_bn_scale)),
         "d_opt": self.d_tx.init(d_params),
     }
 
@@ -153,7 +292,7 @@ class EncoderTrainer(loop.StateShapesMixin):
     def local(params, batch_stats, images):
       wp, updates = self.synced_encoder.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
                                               mutable=["batch_stats"])
-      return wp, updates["batch_stats"]
+      return wp, updates.get("batch_stats", {})
 
     return jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), P(mesh_lib.DATA_AXIS)),
                          out_specs=(P(mesh_lib.DATA_AXIS), P()))(params, batch_stats, images)
@@ -179,21 +318,31 @@ class EncoderTrainer(loop.StateShapesMixin):
     tcfg = self.tcfg
     d_vars = state["discriminator"]
     real_features = self._features(frozen, images) if self.lambda_vgg > 0 else None
+    real_dfeat = (discriminator_features(self.discriminator, frozen["feature_discriminator"], images)
+                  if self.lambda_dfeat > 0 else None)
 
-    def encoder_objective(e_params):
-      wp, new_stats = self._encode_train(e_params, state["encoder"]["batch_stats"], images)
+    def encoder_objective(trained):
+      params, scales = split_trained(trained, self.train_bn_scale)
+      wp, new_stats = self._encode_train(params, with_bn_scales(state["encoder"]["batch_stats"], scales), images)
       recons = self._synthesize(frozen, wp)
       fake_logits = self._logits_fn(d_vars["params"])(recons)
       recon_features = self._features(frozen, recons) if self.lambda_vgg > 0 else None
+      dfeat = None
+      if self.lambda_dfeat > 0:
+        recon_dfeat = discriminator_features(self.discriminator, frozen["feature_discriminator"], recons)
+        dfeat = feature_distance(real_dfeat, recon_dfeat)
       total, metrics = losses.encoder_loss(images, recons, fake_logits, real_features=real_features,
                                            recon_features=recon_features, lambda_vgg=self.lambda_vgg,
-                                           lambda_adv=float(tcfg.lambda_adv))
+                                           lambda_adv=float(tcfg.lambda_adv), dfeat_distance=dfeat,
+                                           lambda_dfeat=self.lambda_dfeat)
       return total, (metrics, new_stats)
 
-    e_params = state["encoder"]["params"]
-    (_, (e_metrics, new_stats)), e_grads = jax.value_and_grad(encoder_objective, has_aux=True)(e_params)
-    e_updates, e_opt = self.e_tx.update(e_grads, state["e_opt"], e_params)
-    e_params = optax.apply_updates(e_params, e_updates)
+    trained = trained_variables(state["encoder"], self.train_bn_scale)
+    (_, (e_metrics, new_stats)), e_grads = jax.value_and_grad(encoder_objective, has_aux=True)(trained)
+    e_updates, e_opt = self.e_tx.update(e_grads, state["e_opt"], trained)
+    trained = optax.apply_updates(trained, e_updates)
+    e_params, scales = split_trained(trained, self.train_bn_scale)
+    new_stats = with_bn_scales(new_stats, scales)
 
     # D sees the updated encoder (the official loop runs the E op, then the D op, on the same batch).
     wp, _ = self._encode_train(e_params, new_stats, images)
@@ -248,13 +397,16 @@ class EncoderTrainer(loop.StateShapesMixin):
     return loop.Stage(name="encoder", init_state=self.init_state, abstract_state=self.abstract_state,
                       train_step=self.run_step,
                       export_variables=self.export_variables, sample_rows=self.sample_rows,
-                      sample_row_labels=("input", "recon"), export_origins=self.export_origins)
+                      sample_row_labels=("input", "recon"), export_origins=self.export_origins,
+                      check_metrics=EncoderHealth(self.num_steps, float(self.tcfg.get("health_adv_share", 0.5)),
+                                                  float(self.tcfg.get("health_stall_fraction", 0.2))))
 
 
 def load_frozen_models(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Generator (+ discriminator when stored) variables from the generator checkpoint, and VGG16 if configured."""
   source = resolve_generator_source(config, workdir)
-  models = export.load_models(source, config=config)
+  # Only G and D are read: the encoder being trained may differ from one stored with them.
+  models = export.load_models(source, names=("generator", "discriminator"), config=config, if_present=True)
   if models.generator_vars is None:
     raise FileNotFoundError(f"checkpoint {source} has no generator; pass --config.train.generator_checkpoint=DIR "
                             "of a converted or stage-1 checkpoint")

@@ -65,6 +65,17 @@ class TrainLogger:
         self._bar.set_postfix({"img/s": f"{images_per_sec:.1f}"}, refresh=False)
     return record
 
+  def warn(self, message: str) -> None:
+    """A warning about the run (process 0): above the progress bar and in workdir/warnings.log."""
+    if not self.is_writer:
+      return
+    if self._bar is not None:
+      self._bar.write(f"WARNING: {message}")  # above the bar, which a log line would break
+    else:
+      logging.warning("%s", message)
+    with open(os.path.join(self.workdir, "warnings.log"), "a") as f:
+      f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
   def save_grid(self, step: int, rows: list[list[np.ndarray]], row_labels=None) -> str | None:
     """Writes workdir/samples/<stage>_<step>.png from rows of [-1, 1] HWC images."""
     if not self.is_writer:

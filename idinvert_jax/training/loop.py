@@ -39,6 +39,7 @@ class Stage:
   sample_rows: (state, images) -> rows of [-1, 1] HWC images for the PNG grid (or None).
   export_origins: step -> {model name: origin} written to export/training.json (None: every exported model is
     {"stage": name, "step": step}); an origin may name the "generator" origin a model was trained against.
+  check_metrics: (step, logged metrics) -> warnings about the run's health, logged as they come (or None).
   """
   name: str
   init_state: Callable[[], Any]
@@ -48,6 +49,7 @@ class Stage:
   sample_rows: Callable[[Any, jax.Array], list] | None = None
   sample_row_labels: tuple[str, ...] | None = None
   export_origins: Callable[[int], dict[str, Any]] | None = None
+  check_metrics: Callable[[int, dict], list[str]] | None = None
 
 
 @dataclasses.dataclass
@@ -111,6 +113,8 @@ def run(stage: Stage, *, config: Any, workdir: str, data_iterator: Iterator[jax.
         logger.step_done(step, metrics)
         if step % log_every == 0 or step == num_steps:
           logger.write_metrics(step, metrics)
+          for warning in stage.check_metrics(step, metrics) if stage.check_metrics is not None else ():
+            logger.warn(warning)
         if sample_every and stage.sample_rows is not None and (step % sample_every == 0 or step == num_steps):
           logger.save_grid(step, stage.sample_rows(state, images), row_labels=stage.sample_row_labels)
         stop = guard.should_stop()

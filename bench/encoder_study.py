@@ -1,0 +1,269 @@
+"""The encoder study (issue: a domain-guided encoder that works on real faces within a CPU budget).
+
+Trains one encoder per variant on the SAME frozen generator (a finished stage-1 workdir), evaluates each on the
+same held-out images, and writes a table, a JSON file and a plot. Each row changes one factor against the
+reference recipe; the `best_*` rows combine the factors that helped, at three training lengths.
+
+  python train.py --config configs/celeba64.py --workdir runs/celeba64 --stage gan
+  python -m idinvert_jax.data export --path ../shared/data/celeba_crops64_train.npz --subset 4923: \
+      --output runs/celeba64_heldout
+  python bench/encoder_study.py --gan runs/celeba64 --images runs/celeba64_heldout --workdir runs/encoder_study
+
+Every step resumes: a killed study continues where it stopped (training from its last checkpoint, evaluation
+skipped where results.json exists). CPU minutes are the user + system time of the training processes (both
+cores count), accumulated over resumes; the machine line names the CPU.
+
+Per row: encoder-only PSNR / SSIM, in-domain inversion (100 steps) PSNR at lambda_enc 0 and 2, interpolation
+mid-point SWD of the lambda_enc 2 codes, and the training CPU minutes. The baseline row is plain optimisation
+(100 steps from the average w, the paper's comparison) on the same generator.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from idinvert_jax.machine import cpu_model  # noqa: E402  pylint: disable=wrong-import-position
+
+# Every variant sets every factor of the study explicitly, so a row does not change when the config's recipe does.
+REFERENCE = {"train.encoder.learning_rate": 1e-4, "train.encoder.lr_schedule": "staircase",
+             "train.encoder.warmup_steps": 0, "train.encoder.lambda_adv": 0.08, "train.encoder.lambda_dfeat": 0.0,
+             "train.encoder.train_bn_scale": False,
+             "model.encoder.normalization": "batch", "model.encoder.channels_base": 16,
+             "model.encoder.channels_max": 128, "train.encoder.num_steps": 2500}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One row. Rows with the same `run` share one training run that continues from the previous row's steps
+  (a constant learning rate makes that the same as separate runs of each length); each is evaluated on a copy
+  of the export at its length."""
+  name: str
+  what: str
+  changes: tuple = ()  # (key, value) pairs changed against REFERENCE
+  run: str = ""        # shared training folder ('' = its own, named after the variant)
+
+  @property
+  def folder(self) -> str:
+    return self.run or self.name
+
+  def settings(self) -> dict:
+    return dict(REFERENCE, **dict(self.changes))
+
+
+CURRENT = (("train.encoder.learning_rate", 1e-3),)
+BEST = CURRENT + (("train.encoder.lr_schedule", "cosine"), ("train.encoder.warmup_steps", 250),
+                  ("train.encoder.lambda_adv", 0.02), ("train.encoder.lambda_dfeat", 1.0))
+
+VARIANTS = [
+    Variant("official", "official recipe: lr 1e-4, x0.8 every quarter, lambda_adv 0.08, BatchNorm, 16..128 ch"),
+    Variant("lr1e-3", "lr 1e-3 (configs/celeba64.py until this study)", CURRENT),
+    Variant("bn_scale", "lr 1e-3, BatchNorm scales trained (as the official TF code)", CURRENT + (
+        ("train.encoder.train_bn_scale", True),)),
+    Variant("cosine", "lr 1e-3, 250 warm-up steps + cosine decay", CURRENT + (
+        ("train.encoder.lr_schedule", "cosine"), ("train.encoder.warmup_steps", 250))),
+    Variant("adv0.02", "lr 1e-3, lambda_adv 0.02 (1/4 of official)", CURRENT + (("train.encoder.lambda_adv", 0.02),)),
+    Variant("adv0", "lr 1e-3, lambda_adv 0 (pixel loss only)", CURRENT + (("train.encoder.lambda_adv", 0.0),)),
+    Variant("no_bn", "lr 1e-3, no BatchNorm (biases instead)", CURRENT + (("model.encoder.normalization", "none"),)),
+    Variant("wide", "lr 1e-3, encoder 32..256 channels (2x)", CURRENT + (
+        ("model.encoder.channels_base", 32), ("model.encoder.channels_max", 256))),
+    Variant("dfeat", "lr 1e-3, + D-feature perceptual term (lambda_dfeat 1)", CURRENT + (
+        ("train.encoder.lambda_dfeat", 1.0),)),
+    Variant("best_2.5k", "combined: cosine, lambda_adv 0.02, lambda_dfeat 1; 2,500 steps", BEST),
+    Variant("best_10k", "combined, 10,000 steps", BEST + (("train.encoder.num_steps", 10000),)),
+    Variant("best_20k", "combined, 20,000 steps", BEST + (("train.encoder.num_steps", 20000),)),
+]
+
+
+def config_flags(settings: dict) -> list[str]:
+  return [f"--config.{key}={value}" for key, value in settings.items()]
+
+
+def run_timed(cmd: list[str], log: Path) -> float:
+  """Runs cmd (output appended to log); returns the CPU seconds (user + system) it used."""
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  with open(log, "a") as f:
+    f.write(f"\n$ {' '.join(cmd)}\n")
+    f.flush()
+    result = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False)
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  if result.returncode:
+    raise SystemExit(f"encoder_study: {cmd[1]} failed (exit {result.returncode}); see {log}")
+  return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def read_json(path: Path, default):
+  return json.loads(path.read_text()) if path.exists() else default
+
+
+def write_json(path: Path, value) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def trained_steps(workdir: Path) -> int:
+  info = read_json(workdir / "export" / "training.json", {})
+  return int(((info.get("models") or {}).get("encoder") or {}).get("step", 0))
+
+
+def train_variant(variant: Variant, gan: Path, workdir: Path, config: str, max_steps: int = 0) -> tuple[dict, Path]:
+  """Trains (or resumes) the variant's run up to its steps; returns its record and the checkpoint to evaluate."""
+  record_path = workdir / "study.json"
+  record = read_json(record_path, {"cpu_seconds": 0.0, "wall_seconds": 0.0})
+  settings = variant.settings()
+  if max_steps:
+    scale = max_steps / REFERENCE["train.encoder.num_steps"]
+    settings["train.encoder.num_steps"] = max(2, int(settings["train.encoder.num_steps"] * scale))
+    settings["train.encoder.warmup_steps"] = int(settings["train.encoder.warmup_steps"] * scale)
+  steps = int(settings["train.encoder.num_steps"])
+  snapshot = workdir / f"export_{steps}"
+  if variant.run and snapshot.is_dir():
+    return read_json(snapshot / "study.json", record), snapshot
+  if trained_steps(workdir) > steps:
+    raise SystemExit(f"encoder_study: {workdir} is trained past {steps} steps but has no {snapshot.name}; "
+                     f"remove {workdir} to rerun {variant.name}")
+  if trained_steps(workdir) < steps:
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    cpu = run_timed([sys.executable, "train.py", f"--config={config}", f"--workdir={workdir}", "--stage=encoder",
+                     f"--config.train.encoder.generator_checkpoint={gan.resolve()}",
+                     f"--config.train.encoder.sample_every={steps}", *config_flags(settings)],
+                    workdir / "study.log")
+    record["cpu_seconds"] += cpu
+    record["wall_seconds"] += time.time() - start
+    record.update(variant=variant.name, what=variant.what, settings=settings)
+    write_json(record_path, record)
+  if not variant.run:
+    return record, workdir
+  # A shared run goes on past this row: keep this length's export (and its CPU time so far) for evaluation.
+  tmp = workdir / f"{snapshot.name}.tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  shutil.copytree(workdir / "export", tmp)
+  write_json(tmp / "study.json", dict(record, variant=variant.name, what=variant.what, settings=settings))
+  os.replace(tmp, snapshot)
+  return read_json(snapshot / "study.json", record), snapshot
+
+
+def evaluate(checkpoint: Path, images: str, output: Path, methods: str, extra: list[str], log: Path) -> list[dict]:
+  if not (output / "results.json").exists():
+    run_timed([sys.executable, "evaluate.py", f"--checkpoint={checkpoint}", f"--images={images}",
+               f"--output={output}", f"--methods={methods}", "--noprogress", *extra], log)
+  return json.loads((output / "results.json").read_text())["rows"]
+
+
+def row_of(rows: list[dict], run: str) -> dict:
+  return next(r for r in rows if r["run"] == run)
+
+
+def summarise(variant: Variant, record: dict, rows: list[dict]) -> dict:
+  enc, lam0, lam2 = row_of(rows, "encoder"), row_of(rows, "indomain_lam0"), row_of(rows, "indomain_lam2")
+  return {"variant": variant.name, "what": variant.what, "steps": int(record["settings"]["train.encoder.num_steps"]),
+          "encoder_psnr": enc["psnr"], "encoder_ssim": enc["ssim"], "indomain0_psnr": lam0["psnr"],
+          "indomain2_psnr": lam2["psnr"], "indomain2_ssim": lam2["ssim"], "encoder_swd_interp": enc["swd_interp"],
+          "indomain2_swd_interp": lam2["swd_interp"], "cpu_minutes": record["cpu_seconds"] / 60,
+          "wall_minutes": record["wall_seconds"] / 60}
+
+
+def markdown(table: list[dict], baseline: dict, machine_line: str, num_images: int, command: str) -> str:
+  head = ("| variant | what changes | steps | encoder PSNR / SSIM | in-domain lam 0 PSNR | in-domain lam 2 PSNR "
+          "| interp. SWD (lam 2) | training CPU min |")
+  lines = [f"# Encoder study: {num_images} held-out images", "", f"Command: `{command}`", "", machine_line, "",
+           f"Baseline, same generator: optimize 100 steps PSNR {baseline['psnr']:.2f} dB, SSIM "
+           f"{baseline['ssim']:.3f}, interpolation SWD {baseline['swd_interp']:.1f}.", "", head,
+           "|" + "---|" * 8]
+  for r in table:
+    lines.append(f"| {r['variant']} | {r['what']} | {r['steps']} | {r['encoder_psnr']:.2f} / "
+                 f"{r['encoder_ssim']:.3f} | {r['indomain0_psnr']:.2f} | {r['indomain2_psnr']:.2f} | "
+                 f"{r['indomain2_swd_interp']:.1f} | {r['cpu_minutes']:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(table: list[dict], baseline: dict, path: Path) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+  names = [r["variant"] for r in table]
+  xs = range(len(table))
+  left.bar([x - 0.2 for x in xs], [r["encoder_psnr"] for r in table], 0.4, label="encoder alone")
+  left.bar([x + 0.2 for x in xs], [r["indomain2_psnr"] for r in table], 0.4, label="in-domain, lambda_enc 2")
+  left.axhline(baseline["psnr"], color="k", ls="--", lw=1, label="optimize 100 steps")
+  left.axhline(21.0, color="r", ls=":", lw=1, label="encoder target 21 dB")
+  left.set_xticks(list(xs), names, rotation=40, ha="right")
+  lo = min(min(r["encoder_psnr"] for r in table), baseline["psnr"]) - 1
+  left.set_ylim(lo, max(max(r["indomain0_psnr"] for r in table), baseline["psnr"]) + 1)
+  left.set_ylabel("PSNR (dB), held-out images")
+  left.legend(fontsize=8)
+  curve = sorted((r for r in table if r["variant"].startswith("best_")), key=lambda r: r["cpu_minutes"])
+  if curve:
+    for key, label in (("encoder_psnr", "encoder alone"), ("indomain2_psnr", "in-domain, lambda_enc 2")):
+      right.plot([r["cpu_minutes"] for r in curve], [r[key] for r in curve], "o-", label=label)
+    for r in curve:
+      right.annotate(f"{r['steps']} steps", (r["cpu_minutes"], r["encoder_psnr"]), fontsize=8,
+                     textcoords="offset points", xytext=(4, -10))
+    right.axhline(baseline["psnr"], color="k", ls="--", lw=1, label="optimize 100 steps")
+    right.axhline(21.0, color="r", ls=":", lw=1, label="encoder target 21 dB")
+    right.set_xlabel("encoder training CPU minutes (2 cores)")
+    right.set_ylabel("PSNR (dB)")
+    right.set_title("combined recipe: training length")
+    right.legend(fontsize=8)
+  else:
+    right.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--gan", required=True, help="finished stage-1 workdir (or checkpoint) with the generator")
+  parser.add_argument("--images", required=True, help="held-out image folder (evaluate.py --images)")
+  parser.add_argument("--workdir", required=True, help="one sub-folder per variant: training + evaluation")
+  parser.add_argument("--config", default="configs/celeba64.py", help="base experiment config")
+  parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS),
+                      help="comma-separated subset of: " + ", ".join(v.name for v in VARIANTS))
+  parser.add_argument("--num_images", type=int, default=100, help="held-out images evaluated (first N)")
+  parser.add_argument("--max_steps", type=int, default=0,
+                      help="cap every variant's training steps (a smoke test of the study; numbers mean nothing)")
+  parser.add_argument("--output", default="bench/results/encoder_study",
+                      help="writes OUTPUT.md, OUTPUT.json and OUTPUT.png")
+  args = parser.parse_args()
+  known = {v.name: v for v in VARIANTS}
+  chosen = [known[n] for n in args.variants.split(",") if n]  # KeyError names an unknown variant
+  gan, workdir = Path(args.gan), Path(args.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  n = ["--num_images", str(args.num_images)]
+  baseline = row_of(evaluate(gan, args.images, workdir / "baseline_optimize100", "optimize",
+                             ["--optimize_steps=100", *n], workdir / "baseline.log"), "optimize_100")
+  table = []
+  for variant in chosen:
+    record, checkpoint = train_variant(variant, gan, workdir / variant.folder, args.config, args.max_steps)
+    rows = evaluate(checkpoint, args.images, workdir / variant.folder / f"eval_{variant.name}", "encoder,indomain",
+                    ["--lambda_enc=0,2", *n], workdir / variant.folder / "study.log")
+    table.append(summarise(variant, record, rows))
+    print(f"{variant.name:10s} encoder {table[-1]['encoder_psnr']:.2f} dB, in-domain lam2 "
+          f"{table[-1]['indomain2_psnr']:.2f} dB, {table[-1]['cpu_minutes']:.0f} CPU min", flush=True)
+  machine_line = (f"Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.platform()}; "
+                  f"{time.strftime('%Y-%m-%d')}.")
+  command = "python bench/encoder_study.py " + " ".join(sys.argv[1:])
+  output = Path(args.output)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  output.with_suffix(".md").write_text(markdown(table, baseline, machine_line, args.num_images, command))
+  write_json(output.with_suffix(".json"), {"baseline": baseline, "rows": table, "machine": machine_line,
+                                           "command": command})
+  plot(table, baseline, output.with_suffix(".png"))
+  print(f"wrote {output}.md, .json, .png")
+
+
+if __name__ == "__main__":
+  main()
