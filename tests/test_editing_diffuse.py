@@ -112,3 +112,16 @@ def test_diffusion_settings_turn_off_the_encoder_term():
   section = diffuse_lib.diffusion_settings(config, learning_rate=0.1)
   assert section.loss_weight_enc == 0.0 and section.method == "indomain" and section.init == "encoder"
   assert section.num_iterations == 50 and section.learning_rate == 0.1
+
+
+def test_a_diverged_diffusion_fails_with_the_pair_named_and_writes_nothing():
+  from idinvert_jax.editing import jobs  # pylint: disable=import-outside-toplevel
+  target, contexts = _images(1, 7), _images(2, 8)
+  settings = inversion.InvertSettings.from_config(_section(learning_rate=1e38, loss_weight_feat=0.0))
+  with pytest.raises(ValueError, match=r"diffusion of target_0 into context_0, context_1 diverged \(non-finite "
+                     r"codes at learning rate 1e\+38\); nothing was written; lower --learning_rate"):
+    jobs.diffuse(_fns(), target, contexts, settings, crop_size=4, center_x=4, center_y=4)
+  # A sane rate on the same inputs passes the guard.
+  result = jobs.diffuse(_fns(), target, contexts, settings.replace(learning_rate=0.01), crop_size=4, center_x=4,
+                        center_y=4)
+  assert np.isfinite(result.codes).all()

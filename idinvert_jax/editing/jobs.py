@@ -253,6 +253,11 @@ def diffuse(models, targets: np.ndarray, contexts: np.ndarray, settings, crop_si
   all_codes, rows, labels, cols = [], [], [], None
   for target, target_name in zip(targets, target_names):
     result = diffuse_lib.diffuse(target, contexts, inverter, settings, crop, cx, cy, progress=progress)
+    diverged = [name for name, codes, image in zip(context_names, result.codes, result.results)
+                if not (np.isfinite(codes).all() and np.isfinite(image).all())]
+    if diverged:  # Raised before anything is written: no non-finite codes on disk.
+      raise ValueError(f"diffusion of {target_name} into {', '.join(diverged)} diverged (non-finite codes at "
+                       f"learning rate {settings.learning_rate:g}); nothing was written; lower --learning_rate")
     all_codes.append(result.codes)
     # The last snapshot is the result itself; it is shown once, as the last column.
     snapshots = [(step, images) for step, images in result.snapshots if step < settings.num_iterations]
