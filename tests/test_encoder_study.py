@@ -1,0 +1,58 @@
+"""bench/encoder_study.py: rows accumulate over sessions only on the same generator; --render_only redraws."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import encoder_study  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def row(variant, psnr=17.0):
+  return {"variant": variant, "what": variant, "steps": 2500, "encoder_psnr": psnr, "encoder_ssim": 0.4,
+          "indomain0_psnr": 24.0, "indomain2_psnr": 20.5, "indomain2_swd_interp": 50.0, "cpu_minutes": 30.0,
+          "measured": "2026-12-02"}
+
+
+BASELINE = {"run": "optimize_100", "psnr": 20.91, "ssim": 0.548, "swd_interp": 62.7}
+
+
+def test_same_generator_keeps_earlier_rows_and_new_rows_win():
+  previous = {"generator_fingerprint": "abc", "baseline": BASELINE, "rows": [row("official"), row("lr1e-3", 17.0)]}
+  merged = encoder_study.merge_rows(previous, [row("lr1e-3", 18.0), row("wide")], "abc", BASELINE)
+  assert [r["variant"] for r in merged] == ["official", "lr1e-3", "wide"]  # in the driver's variant order
+  assert merged[1]["encoder_psnr"] == 18.0
+
+
+def test_another_generator_starts_a_new_table(capsys):
+  previous = {"generator_fingerprint": "abc", "baseline": BASELINE, "rows": [row("official")]}
+  merged = encoder_study.merge_rows(previous, [row("wide")], "def", BASELINE)
+  assert [r["variant"] for r in merged] == ["wide"]
+  assert "another generator" in capsys.readouterr().out
+
+
+def test_rows_without_fingerprint_need_the_same_baseline():
+  previous = {"generator_fingerprint": None, "baseline": BASELINE, "rows": [row("official")]}
+  same = encoder_study.merge_rows(previous, [row("wide")], "def", dict(BASELINE, psnr=20.912))
+  other = encoder_study.merge_rows(previous, [row("wide")], "def", dict(BASELINE, psnr=20.5))
+  assert [r["variant"] for r in same] == ["official", "wide"]
+  assert [r["variant"] for r in other] == ["wide"]
+
+
+def test_render_only_writes_table_and_plot(tmp_path):
+  output = tmp_path / "study"
+  study = {"baseline": BASELINE, "rows": [row("official", 15.3), row("lr1e-3", 17.5)], "machine": "Machine: test",
+           "command": "python bench/encoder_study.py ...", "num_images": 100, "generator_fingerprint": "abc"}
+  output.with_suffix(".json").write_text(json.dumps(study))
+  subprocess.run([sys.executable, str(ROOT / "bench" / "encoder_study.py"), "--render_only", "--output", str(output)],
+                 check=True, capture_output=True)
+  table = output.with_suffix(".md").read_text()
+  assert "| official |" in table and "15.30 / 0.400" in table and "2026-12-02" in table
+  assert output.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_render_only_without_json_names_the_fix(tmp_path):
+  result = subprocess.run([sys.executable, str(ROOT / "bench" / "encoder_study.py"), "--render_only", "--output",
+                           str(tmp_path / "none")], capture_output=True, text=True)
+  assert result.returncode == 2 and "run the study first" in result.stderr
