@@ -11,7 +11,10 @@ Research-only data that is never committed (nor any model trained on it): `../sh
 Expected (measured 2026-12-02, 2-core Intel Xeon, ~75 min GAN + ~22 min encoder alone; evaluate with
 --num_images 48): PSNR on held-out faces encoder 17.7 dB, in-domain (100 steps) 24.3 dB at lambda_enc 0 and
 20.9 dB at 2, optimize 1000 steps 26.2 dB; interpolation mid-point SWD in-domain 50.8-53.7 vs optimize 60.8-66.3.
-The README's real-photo table holds the full run.
+The README's real-photo table holds the full run. Since 2026-12-03 the encoder recipe inherited from demo64 also
+trains every BatchNorm scale (`train_bn_scale`): in the encoder study on the 100 held-out crops
+(bench/results/encoder_study.md, same GAN) that row measured encoder 17.49 dB / SSIM 0.411 and in-domain 24.35 dB
+at lambda_enc 0, 20.97 dB at 2 (without it: 17.45 / 0.398, 24.30, 20.77), in 30 instead of 37 CPU minutes.
 """
 from configs import demo64
 
