@@ -29,8 +29,8 @@ demo: $(VENV)/.installed-demo
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --durations=15 tests
 
-# The official 256-px steps compiled for a TPU v5e slice by the real TPU compiler (no TPU needed; 10-18 CPU-minutes
-# and up to 10 GB per step on a CPU, hence not part of `make test`).
+# The official 256-px steps compiled for a TPU v5e slice by the real TPU compiler (no TPU needed; 7-20 CPU-minutes
+# and up to 11 GB per step on a CPU, hence not part of `make test`).
 test-tpu256: $(VENV)/.installed
 	IDINVERT_TPU_COMPILE_256=1 $(PY) -m pytest -q -rs tests/test_tpu_compile.py -k ffhq256
 
