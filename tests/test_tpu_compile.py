@@ -5,10 +5,11 @@ Skipped, with the reason, where libtpu is not installed (`pip install -e '.[tpu]
 Cost, measured on the 2-core CI-class machine (CPU seconds of the TPU compiler): the official 256-px steps take
 7-20 CPU-minutes and 4-11 GB each to compile (v5e:4x4: GAN 609 s, encoder 1073-1167 s; bench/results/compile_*.txt),
 so the suite compiles the real code paths at the tiny config, checks the 256-px programs by lowering them
-(seconds: which operations, which shardings), and compiles the 256-px steps themselves only with IDINVERT_TPU_COMPILE_256=1 (`make test-tpu256`).
-The inversion step is compiled through invert.py itself at a 16-px tiny config (one compile, 1-3 minutes on a
-busy 2-core machine) and lowered at 256 px. Compiles here use JAX's default matmul precision, as the CLIs do (conftest's float32 would compile multi-pass
-float32 convolutions on TPU: another program, ~6x slower to compile).
+(seconds: which operations, which shardings), and compiles the 256-px steps themselves only with
+IDINVERT_TPU_COMPILE_256=1 (`make test-tpu256`). The inversion step is compiled through invert.py itself at a 16-px
+tiny config (one compile, 1-3 minutes on a busy 2-core machine) and lowered at 256 px. Compiles here use JAX's
+default matmul precision, as the CLIs do (conftest's float32 would compile multi-pass float32 convolutions on TPU:
+another program, ~6x slower to compile).
 """
 import json
 import os
@@ -35,8 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 V5E = "v5e:4x4"
 V5E_HBM = int(15.75 * 2**30)
 COMPILE_256 = os.environ.get("IDINVERT_TPU_COMPILE_256") == "1"
-needs_256 = pytest.mark.skipif(not COMPILE_256, reason="the 256-px TPU compiles take 7-20 CPU-minutes and up to 11 GiB each: run "
-                               "them with IDINVERT_TPU_COMPILE_256=1 (make test-tpu256)")
+needs_256 = pytest.mark.skipif(not COMPILE_256, reason="the 256-px TPU compiles take 7-20 CPU-minutes and up to 11 GiB "
+                               "each: run them with IDINVERT_TPU_COMPILE_256=1 (make test-tpu256)")
 
 
 @pytest.fixture(scope="module", autouse=True)
