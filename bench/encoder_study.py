@@ -203,13 +203,16 @@ def row_of(rows: list[dict], run: str) -> dict:
   return next(r for r in rows if r["run"] == run)
 
 
-def summarise(variant: Variant, record: dict, rows: list[dict]) -> dict:
+def summarise(variant: Variant, record: dict, rows: list[dict], evaluated: Path) -> dict:
+  """The study's row of one variant; `measured` is the day its evaluation ran (results.json's mtime: a rerun of the
+  driver reuses an earlier day's evaluation) and `cpu` the machine's CPU."""
   enc, lam0, lam2 = row_of(rows, "encoder"), row_of(rows, "indomain_lam0"), row_of(rows, "indomain_lam2")
+  measured = time.strftime("%Y-%m-%d", time.localtime((evaluated / "results.json").stat().st_mtime))
   return {"variant": variant.name, "what": variant.what, "steps": int(record["settings"]["train.encoder.num_steps"]),
           "encoder_psnr": enc["psnr"], "encoder_ssim": enc["ssim"], "indomain0_psnr": lam0["psnr"],
           "indomain2_psnr": lam2["psnr"], "indomain2_ssim": lam2["ssim"], "encoder_swd_interp": enc["swd_interp"],
           "indomain2_swd_interp": lam2["swd_interp"], "cpu_minutes": record["cpu_seconds"] / 60,
-          "wall_minutes": record["wall_seconds"] / 60, "measured": time.strftime("%Y-%m-%d")}
+          "wall_minutes": record["wall_seconds"] / 60, "measured": measured, "cpu": cpu_model()}
 
 
 def markdown(table: list[dict], baseline: dict, machine_line: str, num_images: int, command: str) -> str:
@@ -222,7 +225,8 @@ def markdown(table: list[dict], baseline: dict, machine_line: str, num_images: i
   for r in table:
     lines.append(f"| {r['variant']} | {r['what']} | {r['steps']} | {r['encoder_psnr']:.2f} / "
                  f"{r['encoder_ssim']:.3f} | {r['indomain0_psnr']:.2f} | {r['indomain2_psnr']:.2f} | "
-                 f"{r['indomain2_swd_interp']:.1f} | {r['cpu_minutes']:.0f} | {r.get('measured', '')} |")
+                 f"{r['indomain2_swd_interp']:.1f} | {r['cpu_minutes']:.0f} | "
+                 f"{', '.join(x for x in (r.get('measured'), r.get('cpu')) if x)} |")
   return "\n".join(lines) + "\n"
 
 
@@ -302,9 +306,10 @@ def main() -> None:
   table = []
   for variant in chosen:
     record, checkpoint = train_variant(variant, gan, workdir / variant.folder, args.config, args.max_steps)
-    rows = evaluate(checkpoint, args.images, workdir / variant.folder / f"eval_{variant.name}", "encoder,indomain",
-                    ["--lambda_enc=0,2", *n], workdir / variant.folder / "study.log")
-    table.append(summarise(variant, record, rows))
+    evaluated = workdir / variant.folder / f"eval_{variant.name}"
+    rows = evaluate(checkpoint, args.images, evaluated, "encoder,indomain", ["--lambda_enc=0,2", *n],
+                    workdir / variant.folder / "study.log")
+    table.append(summarise(variant, record, rows, evaluated))
     print(f"{variant.name:10s} encoder {table[-1]['encoder_psnr']:.2f} dB, in-domain lam2 "
           f"{table[-1]['indomain2_psnr']:.2f} dB, {table[-1]['cpu_minutes']:.0f} CPU min", flush=True)
   machine_line = (f"Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.platform()}; "

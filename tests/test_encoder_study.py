@@ -56,3 +56,16 @@ def test_render_only_without_json_names_the_fix(tmp_path):
   result = subprocess.run([sys.executable, str(ROOT / "bench" / "encoder_study.py"), "--render_only", "--output",
                            str(tmp_path / "none")], capture_output=True, text=True)
   assert result.returncode == 2 and "run the study first" in result.stderr
+
+
+def test_summarise_dates_a_row_by_its_evaluation(tmp_path):
+  """A rerun that reuses an earlier day's evaluation keeps that day (results.json's mtime), not today's."""
+  import os  # pylint: disable=import-outside-toplevel
+  (tmp_path / "results.json").write_text("{}")
+  os.utime(tmp_path / "results.json", (1764633600, 1764633600))  # 2025-12-02 00:00 UTC
+  rows = [{"run": run, "psnr": 20.0, "ssim": 0.5, "swd_interp": 50.0}
+          for run in ("encoder", "indomain_lam0", "indomain_lam2")]
+  record = {"settings": {"train.encoder.num_steps": 2500}, "cpu_seconds": 600.0, "wall_seconds": 400.0}
+  summary = encoder_study.summarise(encoder_study.VARIANTS[0], record, rows, tmp_path)
+  assert summary["measured"].startswith("2025-12-0") and summary["cpu"]
+  assert summary["cpu_minutes"] == 10.0 and summary["steps"] == 2500
