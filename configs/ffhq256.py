@@ -116,6 +116,8 @@ def get_train_config() -> ml_collections.ConfigDict:
   enc.lambda_vgg = 5e-5                 # E_loss feature_scale 0.00005 (paper: lambda_vgg); 0 without VGG16 weights
   enc.lambda_adv = 0.08                 # E_loss D_scale 0.08 (paper: lambda_adv)
   enc.lambda_dfeat = 0.0                # not in the paper: distance in the frozen stage-1 D's features (0 = off)
+  enc.lambda_code = 0.0                 # not in the paper: mean((E(G(w)) - w)^2) on sampled codes (0 = off)
+  enc.code_batch_size = 0               # codes sampled per step for lambda_code (0 = the batch size)
   enc.train_bn_scale = False            # official TF trains every BatchNorm gamma; the PyTorch port freezes it
   enc.health_adv_share = 0.5            # warn when the weighted adversarial term is over this share of the loss
   enc.health_stall_fraction = 0.2       # warn when the pixel loss has not improved over this last part of the run

@@ -54,11 +54,13 @@ def r1_penalty(logits_fn: Callable[[jax.Array], jax.Array], reals: jax.Array) ->
 def encoder_loss(reals: jax.Array, recons: jax.Array, fake_logits: jax.Array, *,
                  real_features: jax.Array | None = None, recon_features: jax.Array | None = None,
                  lambda_vgg: float = 5e-5, lambda_adv: float = 0.08, dfeat_distance: jax.Array | None = None,
-                 lambda_dfeat: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 lambda_dfeat: float = 0.0, code_distance: jax.Array | None = None,
+                 lambda_code: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Domain-guided encoder objective; the perceptual term is skipped (counted as 0) without features.
 
-  `dfeat_distance` (with `lambda_dfeat`) is an optional extra perceptual term measured in a frozen
-  discriminator's feature space (training/encoder.discriminator_features; not in the paper). The metrics hold
+  Two optional terms, not in the paper: `dfeat_distance` (with `lambda_dfeat`), a perceptual distance in a frozen
+  discriminator's feature space (training/encoder.discriminator_features), and `code_distance` (with
+  `lambda_code`), mean((E(G(w)) - w)^2) on codes sampled from the generator (training/encoder). The metrics hold
   each term unweighted and `e_adv_share`, the adversarial term's share of the weighted total (training health).
   """
   pixel = mean_squared_error(recons, reals)
@@ -68,10 +70,11 @@ def encoder_loss(reals: jax.Array, recons: jax.Array, fake_logits: jax.Array, *,
     perceptual = mean_squared_error(recon_features, real_features)
   adversarial = generator_logistic_ns_loss(fake_logits)
   dfeat = jnp.zeros((), jnp.float32) if dfeat_distance is None else dfeat_distance
-  total = pixel + lambda_vgg * perceptual + lambda_adv * adversarial + lambda_dfeat * dfeat
+  code = jnp.zeros((), jnp.float32) if code_distance is None else code_distance
+  total = pixel + lambda_vgg * perceptual + lambda_adv * adversarial + lambda_dfeat * dfeat + lambda_code * code
   adv_share = lambda_adv * adversarial / jnp.maximum(total, 1e-12)
   return total, {"e_loss": total, "e_pixel": pixel, "e_perceptual": perceptual, "e_adv": adversarial,
-                 "e_dfeat": dfeat, "e_adv_share": adv_share}
+                 "e_dfeat": dfeat, "e_code": code, "e_adv_share": adv_share}
 
 
 def in_domain_inversion_loss(targets: jax.Array, recons: jax.Array, wp: jax.Array, wp_reencoded: jax.Array | None,

@@ -208,6 +208,18 @@ class EncoderTrainer(loop.StateShapesMixin):
       raise ValueError("config.train.lambda_dfeat > 0 measures reconstructions in the stage-1 discriminator's "
                        "feature space, but the generator checkpoint has no discriminator; train stage 1 in this "
                        "workdir (it exports D) or set --config.train.lambda_dfeat=0")
+    # Not in the paper: the in-domain regulariser ||w - E(G(w))||^2 assumes E inverts G on its own samples, which
+    # training on real photos alone leaves loose (std of E(G(w)) 1.5-5x that of w, bench/encoder_code_scale.py).
+    # lambda_code > 0 adds mean((E(G(w)) - w)^2) over code_batch_size codes sampled from G per step (0 = the
+    # real batch's size); G runs forward only, so the term costs one extra encoder pass and a G forward.
+    self.lambda_code = float(self.tcfg.get("lambda_code", 0.0))
+    self.code_batch_size = int(self.tcfg.get("code_batch_size", 0))
+    if self.lambda_code < 0 or self.code_batch_size < 0:
+      raise ValueError(f"config.train.lambda_code={self.lambda_code} and code_batch_size={self.code_batch_size} "
+                       "must be >= 0 (lambda_code 0 turns the code term off; code_batch_size 0 = the batch size)")
+    if self.lambda_code > 0 and self.code_batch_size % mesh.shape[mesh_lib.DATA_AXIS]:
+      raise ValueError(f"config.train.code_batch_size={self.code_batch_size} must be a multiple of the "
+                       f"{mesh.shape[mesh_lib.DATA_AXIS]} devices on the data axis (or 0 = the batch size)")
     # The official TF encoder trains every BatchNorm's gamma (sync_batch_norm, scale=True); the PyTorch port,
     # inference only, marks it frozen. Without it the last BN forces each W+ entry to unit variance over the
     # batch, while the generator's w has a spread of about 0.55 (measured on the demo and CelebA generators).
@@ -309,6 +321,13 @@ class EncoderTrainer(loop.StateShapesMixin):
     variables = precision.cast_floating(frozen["generator"], self.dtype)
     return generator_lib.synthesize(self.generator, variables, wp.astype(self.dtype)).astype(jnp.float32)
 
+  def _sample_codes_and_images(self, frozen, rng, num):
+    """`num` untruncated codes wp ~ G's mapping and their images G(wp) (no gradient), split over the data axis."""
+    z = jax.random.normal(rng, (num, self.generator.z_dim), jnp.float32)
+    z = jax.lax.with_sharding_constraint(z, self.images_sharding)
+    wp = generator_lib.mapping(self.generator, frozen["generator"], z)
+    return jax.lax.stop_gradient(wp), jax.lax.stop_gradient(self._synthesize(frozen, wp))
+
   def _logits_fn(self, d_params):
     """D's float32 logits as a function of float32 images, computed in the compute dtype."""
     d_vars = {"params": self._for_compute(d_params)}
@@ -320,6 +339,10 @@ class EncoderTrainer(loop.StateShapesMixin):
     real_features = self._features(frozen, images) if self.lambda_vgg > 0 else None
     real_dfeat = (discriminator_features(self.discriminator, frozen["feature_discriminator"], images)
                   if self.lambda_dfeat > 0 else None)
+    if self.lambda_code > 0:
+      code_rng = loop.step_rng(state["rng"], state["step"])  # a new draw every step, the same after a resume
+      sampled_wp, sampled_images = self._sample_codes_and_images(frozen, code_rng,
+                                                                 self.code_batch_size or images.shape[0])
 
     def encoder_objective(trained):
       params, scales = split_trained(trained, self.train_bn_scale)
@@ -331,10 +354,17 @@ class EncoderTrainer(loop.StateShapesMixin):
       if self.lambda_dfeat > 0:
         recon_dfeat = discriminator_features(self.discriminator, frozen["feature_discriminator"], recons)
         dfeat = feature_distance(real_dfeat, recon_dfeat)
+      code = None
+      if self.lambda_code > 0:
+        # Its own training-mode pass (BN statistics of the sampled batch; the running averages follow real images).
+        wp_of_samples, _ = self._encode_train(params, with_bn_scales(state["encoder"]["batch_stats"], scales),
+                                              sampled_images)
+        code = jnp.mean(jnp.square(wp_of_samples.astype(jnp.float32) - sampled_wp))
       total, metrics = losses.encoder_loss(images, recons, fake_logits, real_features=real_features,
                                            recon_features=recon_features, lambda_vgg=self.lambda_vgg,
                                            lambda_adv=float(tcfg.lambda_adv), dfeat_distance=dfeat,
-                                           lambda_dfeat=self.lambda_dfeat)
+                                           lambda_dfeat=self.lambda_dfeat, code_distance=code,
+                                           lambda_code=self.lambda_code)
       return total, (metrics, new_stats)
 
     trained = trained_variables(state["encoder"], self.train_bn_scale)
