@@ -44,6 +44,7 @@ from idinvert_jax.machine import cpu_model  # noqa: E402  pylint: disable=wrong-
 # Every variant sets every factor of the study explicitly, so a row does not change when the config's recipe does.
 REFERENCE = {"train.encoder.learning_rate": 1e-4, "train.encoder.lr_schedule": "staircase",
              "train.encoder.warmup_steps": 0, "train.encoder.lambda_adv": 0.08, "train.encoder.lambda_dfeat": 0.0,
+             "train.encoder.lambda_code": 0.0, "train.encoder.code_batch_size": 0,
              "train.encoder.train_bn_scale": False,
              "model.encoder.normalization": "batch", "model.encoder.channels_base": 16,
              "model.encoder.channels_max": 128, "train.encoder.num_steps": 2500}
@@ -85,6 +86,8 @@ VARIANTS = [
         ("model.encoder.channels_base", 32), ("model.encoder.channels_max", 256))),
     Variant("dfeat", "lr 1e-3, + D-feature perceptual term (lambda_dfeat 1)", CURRENT + (
         ("train.encoder.lambda_dfeat", 1.0),)),
+    Variant("code", "lr 1e-3, + code term on G's samples: 0.1 mean((E(G(w)) - w)^2), 16 codes per step", CURRENT + (
+        ("train.encoder.lambda_code", 0.1),)),
     Variant("best_2.5k", "combined: cosine, lambda_adv 0.02, lambda_dfeat 1; 2,500 steps", BEST),
     Variant("best_10k", "combined, 10,000 steps", BEST + (("train.encoder.num_steps", 10000),)),
     Variant("best_20k", "combined, 20,000 steps", BEST + (("train.encoder.num_steps", 20000),)),

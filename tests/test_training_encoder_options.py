@@ -260,3 +260,21 @@ def test_code_term_teaches_the_encoder_to_invert_sampled_codes(frozen, images):
 def test_bad_code_term_settings_name_the_key(frozen, bad):
   with pytest.raises(ValueError, match="lambda_code"):
     encoder_training.EncoderTrainer(encoder_config(**bad), mesh_lib.make_mesh(None), **frozen)
+
+
+def test_code_term_gives_the_same_parameters_on_one_and_eight_devices(frozen, images):
+  """The sampled codes are drawn for the global batch and split over the data axis: the same draw on any mesh."""
+  config = encoder_config(lambda_code=0.5, code_batch_size=8)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()[:8]):
+    trainer = encoder_training.EncoderTrainer(config, mesh_lib.make_mesh(None, devices), **frozen)
+    state, batches = trainer.init_state(), arrays.ArrayBatches(images, 8, trainer.mesh)
+    for _ in range(3):
+      state, metrics = trainer.run_step(state, next(batches))
+    assert float(metrics["e_code"]) > 0
+    results.append(jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state["encoder"]))
+  for (path, a), (_, b) in zip(*(jax.tree_util.tree_leaves_with_path(r) for r in results)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+  with pytest.raises(ValueError, match="code_batch_size=4 must be a multiple"):
+    encoder_training.EncoderTrainer(encoder_config(lambda_code=0.5, code_batch_size=4), mesh_lib.make_mesh(None),
+                                    **frozen)
