@@ -86,8 +86,8 @@ VARIANTS = [
         ("model.encoder.channels_base", 32), ("model.encoder.channels_max", 256))),
     Variant("dfeat", "lr 1e-3, + D-feature perceptual term (lambda_dfeat 1)", CURRENT + (
         ("train.encoder.lambda_dfeat", 1.0),)),
-    Variant("code", "lr 1e-3, + code term on G's samples: 0.1 mean((E(G(w)) - w)^2), 16 codes per step", CURRENT + (
-        ("train.encoder.lambda_code", 0.1),)),
+    Variant("code", "lr 1e-3, + code term on G's samples: 0.1 mean((E(G(w)) - w)^2), 16 codes per step",
+            CURRENT + (("train.encoder.lambda_code", 0.1),)),
     Variant("best_2.5k", "combined: cosine, lambda_adv 0.02, lambda_dfeat 1; 2,500 steps", BEST),
     Variant("best_10k", "combined, 10,000 steps", BEST + (("train.encoder.num_steps", 10000),)),
     Variant("best_20k", "combined, 20,000 steps", BEST + (("train.encoder.num_steps", 20000),)),

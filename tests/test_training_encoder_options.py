@@ -249,7 +249,8 @@ def test_code_term_teaches_the_encoder_to_invert_sampled_codes(frozen, images):
   assert plain_logged == [0.0] * 40
   held_wp, held_x = trainer._sample_codes_and_images(  # pylint: disable=protected-access
       trainer.frozen, jax.random.PRNGKey(123), 16)
-  wp1, _ = trainer._sample_codes_and_images(trainer.frozen, loop.step_rng(jax.random.PRNGKey(0), 1), 16)  # pylint: disable=protected-access
+  wp1, _ = trainer._sample_codes_and_images(  # pylint: disable=protected-access
+      trainer.frozen, loop.step_rng(jax.random.PRNGKey(0), 1), 16)
   assert float(jnp.max(jnp.abs(held_wp - wp1))) > 1e-3
   code_mse = lambda s: float(jnp.mean(jnp.square(trainer.encoder.apply(s["encoder"], held_x) - held_wp)))
   assert code_mse(state) < 0.8 * code_mse(plain_state), (code_mse(state), code_mse(plain_state))

@@ -49,7 +49,8 @@ def get_train_config(stage: str) -> ml_collections.ConfigDict:
            weights), lambda_adv 0.08, R1 gamma 10; generator from generator_checkpoint ('' = this workdir's
            export/ of stage 1). train_bn_scale: also train every BatchNorm scale (gamma), as the official TF
            code does (the PyTorch port, inference only, freezes it). Not in the paper (0 = off): lambda_dfeat, a
-           perceptual term in the frozen stage-1 discriminator's feature space (training/encoder.discriminator_features);
+           perceptual term in the frozen stage-1 discriminator's feature space
+           (training/encoder.discriminator_features);
            lambda_code, mean((E(G(w)) - w)^2) on code_batch_size codes sampled from G per step (0 = batch size),
            which makes E invert G on its own samples, as the in-domain regulariser assumes. Training health
            (training/encoder.EncoderHealth): warn when the weighted adversarial term is over health_adv_share of
@@ -61,8 +62,8 @@ def get_train_config(stage: str) -> ml_collections.ConfigDict:
   elif stage == "encoder":
     values = dict(_common_defaults(), learning_rate=1e-4, lr_schedule="staircase", warmup_steps=0,
                   lr_decay_rate=0.8, lr_decay_every_fraction=0.25, adam_b1=0.9, adam_b2=0.99, lambda_vgg=5e-5,
-                  lambda_adv=0.08, lambda_dfeat=0.0, lambda_code=0.0, code_batch_size=0, train_bn_scale=False, generator_checkpoint="",
-                  health_adv_share=0.5, health_stall_fraction=0.2)
+                  lambda_adv=0.08, lambda_dfeat=0.0, lambda_code=0.0, code_batch_size=0, train_bn_scale=False,
+                  generator_checkpoint="", health_adv_share=0.5, health_stall_fraction=0.2)
   else:
     raise ValueError(f"unknown training stage {stage!r}; use one of {STAGES}")
   return ml_collections.ConfigDict(values)

@@ -346,7 +346,8 @@ class EncoderTrainer(loop.StateShapesMixin):
 
     def encoder_objective(trained):
       params, scales = split_trained(trained, self.train_bn_scale)
-      wp, new_stats = self._encode_train(params, with_bn_scales(state["encoder"]["batch_stats"], scales), images)
+      stats = with_bn_scales(state["encoder"]["batch_stats"], scales)
+      wp, new_stats = self._encode_train(params, stats, images)
       recons = self._synthesize(frozen, wp)
       fake_logits = self._logits_fn(d_vars["params"])(recons)
       recon_features = self._features(frozen, recons) if self.lambda_vgg > 0 else None
@@ -357,8 +358,7 @@ class EncoderTrainer(loop.StateShapesMixin):
       code = None
       if self.lambda_code > 0:
         # Its own training-mode pass (BN statistics of the sampled batch; the running averages follow real images).
-        wp_of_samples, _ = self._encode_train(params, with_bn_scales(state["encoder"]["batch_stats"], scales),
-                                              sampled_images)
+        wp_of_samples, _ = self._encode_train(params, stats, sampled_images)
         code = jnp.mean(jnp.square(wp_of_samples.astype(jnp.float32) - sampled_wp))
       total, metrics = losses.encoder_loss(images, recons, fake_logits, real_features=real_features,
                                            recon_features=recon_features, lambda_vgg=self.lambda_vgg,
