@@ -69,6 +69,7 @@ class Variant:
 
 
 CURRENT = (("train.encoder.learning_rate", 1e-3),)
+CONSTANT = CURRENT + (("train.encoder.lr_schedule", "constant"),)
 BEST = CURRENT + (("train.encoder.lr_schedule", "cosine"), ("train.encoder.warmup_steps", 250),
                   ("train.encoder.lambda_adv", 0.02), ("train.encoder.lambda_dfeat", 1.0))
 
@@ -88,6 +89,11 @@ VARIANTS = [
         ("train.encoder.lambda_dfeat", 1.0),)),
     Variant("code", "lr 1e-3, + code term on G's samples: 0.1 mean((E(G(w)) - w)^2), 16 codes per step",
             CURRENT + (("train.encoder.lambda_code", 0.1),)),
+    # Training-length curve: one constant-lr run, evaluated at each length (so 20k costs 20k steps, not 37.5k).
+    Variant("const_2.5k", "lr 1e-3 constant (no decay); 2,500 steps of one long run", CONSTANT, run="const"),
+    Variant("const_5k", "same run at 5,000 steps", CONSTANT + (("train.encoder.num_steps", 5000),), run="const"),
+    Variant("const_10k", "same run at 10,000 steps", CONSTANT + (("train.encoder.num_steps", 10000),), run="const"),
+    Variant("const_20k", "same run at 20,000 steps", CONSTANT + (("train.encoder.num_steps", 20000),), run="const"),
     Variant("best_2.5k", "combined: cosine, lambda_adv 0.02, lambda_dfeat 1; 2,500 steps", BEST),
     Variant("best_10k", "combined, 10,000 steps", BEST + (("train.encoder.num_steps", 10000),)),
     Variant("best_20k", "combined, 20,000 steps", BEST + (("train.encoder.num_steps", 20000),)),
@@ -250,18 +256,22 @@ def plot(table: list[dict], baseline: dict, path: Path) -> None:
   left.set_ylim(lo, max(max(r["indomain0_psnr"] for r in table), baseline["psnr"]) + 1)
   left.set_ylabel("PSNR (dB), held-out images")
   left.legend(fontsize=8)
-  curve = sorted((r for r in table if r["variant"].startswith("best_")), key=lambda r: r["cpu_minutes"])
-  if curve:
-    for key, label in (("encoder_psnr", "encoder alone"), ("indomain2_psnr", "in-domain, lambda_enc 2")):
-      right.plot([r["cpu_minutes"] for r in curve], [r[key] for r in curve], "o-", label=label)
-    for r in curve:
-      right.annotate(f"{r['steps']} steps", (r["cpu_minutes"], r["encoder_psnr"]), fontsize=8,
-                     textcoords="offset points", xytext=(4, -10))
+  curves = {family: sorted((r for r in table if r["variant"].startswith(family + "_")), key=lambda r: r["steps"])
+            for family in ("const", "best")}
+  curves = {family: rows for family, rows in curves.items() if len(rows) > 1}
+  if curves:
+    for family, curve in curves.items():
+      for key, label, marker in (("encoder_psnr", "encoder alone", "o-"),
+                                 ("indomain2_psnr", "in-domain, lambda_enc 2", "s--")):
+        right.plot([r["cpu_minutes"] for r in curve], [r[key] for r in curve], marker, label=f"{family}: {label}")
+      for r in curve:
+        right.annotate(f"{r['steps']} steps", (r["cpu_minutes"], r["encoder_psnr"]), fontsize=8,
+                       textcoords="offset points", xytext=(4, -10))
     right.axhline(baseline["psnr"], color="k", ls="--", lw=1, label="optimize 100 steps")
     right.axhline(21.0, color="r", ls=":", lw=1, label="encoder target 21 dB")
     right.set_xlabel("encoder training CPU minutes (2 cores)")
     right.set_ylabel("PSNR (dB)")
-    right.set_title("combined recipe: training length")
+    right.set_title("training length (one run per curve, evaluated at each length)")
     right.legend(fontsize=8)
   else:  # No length curve yet: interpolation realism per row (lower is better).
     right.bar(list(xs), [r["indomain2_swd_interp"] for r in table], 0.5, color="tab:orange",

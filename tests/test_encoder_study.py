@@ -52,6 +52,22 @@ def test_render_only_writes_table_and_plot(tmp_path):
   assert output.with_suffix(".png").stat().st_size > 10_000
 
 
+def test_render_draws_the_length_curve(tmp_path, monkeypatch):
+  """Rows of one long run (const_*) become a curve over training CPU minutes, in step order."""
+  curve = [dict(row(f"const_{n}", psnr), steps=steps, cpu_minutes=minutes)
+           for n, steps, psnr, minutes in (("5k", 5000, 18.1, 60.0), ("2.5k", 2500, 17.6, 30.0))]
+  study = {"baseline": BASELINE, "rows": [row("lr1e-3", 17.5), *curve], "machine": "Machine: test",
+           "command": "python bench/encoder_study.py ...", "num_images": 100, "generator_fingerprint": "abc"}
+  lines = []
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib.axes import Axes  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(Axes, "plot", lambda self, xs, ys, *a, **k: lines.append((list(xs), list(ys), k.get("label"))))
+  encoder_study.plot(study["rows"], BASELINE, tmp_path / "study.png")
+  assert ([30.0, 60.0], [17.6, 18.1], "const: encoder alone") in lines
+  assert (tmp_path / "study.png").stat().st_size > 10_000
+
+
 def test_render_only_without_json_names_the_fix(tmp_path):
   result = subprocess.run([sys.executable, str(ROOT / "bench" / "encoder_study.py"), "--render_only", "--output",
                            str(tmp_path / "none")], capture_output=True, text=True)
