@@ -221,7 +221,8 @@ def summarise(variant: Variant, record: dict, rows: list[dict], evaluated: Path)
           "encoder_psnr": enc["psnr"], "encoder_ssim": enc["ssim"], "indomain0_psnr": lam0["psnr"],
           "indomain2_psnr": lam2["psnr"], "indomain2_ssim": lam2["ssim"], "encoder_swd_interp": enc["swd_interp"],
           "indomain2_swd_interp": lam2["swd_interp"], "cpu_minutes": record["cpu_seconds"] / 60,
-          "wall_minutes": record["wall_seconds"] / 60, "measured": measured, "cpu": cpu_model()}
+          "wall_minutes": record["wall_seconds"] / 60, "measured": measured, "cpu": cpu_model(),
+          **({"cpu_note": record["cpu_note"]} if record.get("cpu_note") else {})}
 
 
 def markdown(table: list[dict], baseline: dict, machine_line: str, num_images: int, command: str) -> str:
@@ -234,9 +235,10 @@ def markdown(table: list[dict], baseline: dict, machine_line: str, num_images: i
   for r in table:
     lines.append(f"| {r['variant']} | {r['what']} | {r['steps']} | {r['encoder_psnr']:.2f} / "
                  f"{r['encoder_ssim']:.3f} | {r['indomain0_psnr']:.2f} | {r['indomain2_psnr']:.2f} | "
-                 f"{r['indomain2_swd_interp']:.1f} | {r['cpu_minutes']:.0f} | "
+                 f"{r['indomain2_swd_interp']:.1f} | {r['cpu_minutes']:.0f}{' (est.)' if r.get('cpu_note') else ''} | "
                  f"{', '.join(x for x in (r.get('measured'), r.get('cpu')) if x)} |")
-  return "\n".join(lines) + "\n"
+  notes = [f"- {r['variant']}: {r['cpu_note']}" for r in table if r.get("cpu_note")]
+  return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def plot(table: list[dict], baseline: dict, path: Path) -> None:

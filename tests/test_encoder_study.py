@@ -42,13 +42,15 @@ def test_rows_without_fingerprint_need_the_same_baseline():
 
 def test_render_only_writes_table_and_plot(tmp_path):
   output = tmp_path / "study"
-  study = {"baseline": BASELINE, "rows": [row("official", 15.3), row("lr1e-3", 17.5)], "machine": "Machine: test",
+  estimated = dict(row("lr1e-3", 17.5), cpu_note="resumed run, CPU time scaled")
+  study = {"baseline": BASELINE, "rows": [row("official", 15.3), estimated], "machine": "Machine: test",
            "command": "python bench/encoder_study.py ...", "num_images": 100, "generator_fingerprint": "abc"}
   output.with_suffix(".json").write_text(json.dumps(study))
   subprocess.run([sys.executable, str(ROOT / "bench" / "encoder_study.py"), "--render_only", "--output", str(output)],
                  check=True, capture_output=True)
   table = output.with_suffix(".md").read_text()
   assert "| official |" in table and "15.30 / 0.400" in table and "2026-12-02" in table
+  assert "| 30 (est.) |" in table and "- lr1e-3: resumed run, CPU time scaled" in table
   assert output.with_suffix(".png").stat().st_size > 10_000
 
 
