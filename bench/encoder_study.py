@@ -2,7 +2,8 @@
 
 Trains one encoder per variant on the SAME frozen generator (a finished stage-1 workdir), evaluates each on the
 same held-out images, and writes a table, a JSON file and a plot. Each row changes one factor against the
-reference recipe; the `best_*` rows combine the factors that helped, at three training lengths.
+reference recipe; the `const_*` rows are one constant-rate run evaluated at 2.5k, 5k, 10k and 20k steps
+(the training-length curve), the `best_*` rows combine factors, each length its own run.
 
   python train.py --config configs/celeba64.py --workdir runs/celeba64 --stage gan
   python -m idinvert_jax.data export --path ../shared/data/celeba_crops64_train.npz --subset 4923: \
@@ -208,6 +209,20 @@ def merge_rows(previous: dict, table: list[dict], fingerprint: str, baseline: di
   return sorted(rows, key=lambda r: order.get(r["variant"], len(order)))
 
 
+def reproducing_command(argv: list[str], variants: list[str]) -> str:
+  """This run's command line with --variants replaced by every row of the merged table."""
+  flags, skip = [], False
+  for arg in argv:
+    if skip or arg.startswith("--variants="):
+      skip = False
+      continue
+    if arg == "--variants":
+      skip = True
+      continue
+    flags.append(arg)
+  return " ".join(["python bench/encoder_study.py", *flags, "--variants", ",".join(variants)])
+
+
 def row_of(rows: list[dict], run: str) -> dict:
   return next(r for r in rows if r["run"] == run)
 
@@ -329,10 +344,11 @@ def main() -> None:
           f"{table[-1]['indomain2_psnr']:.2f} dB, {table[-1]['cpu_minutes']:.0f} CPU min", flush=True)
   machine_line = (f"Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.platform()}; "
                   f"{time.strftime('%Y-%m-%d')}.")
-  command = "python bench/encoder_study.py " + " ".join(sys.argv[1:])
   output.parent.mkdir(parents=True, exist_ok=True)
   fingerprint = generator_fingerprint(gan)
   rows = merge_rows(read_json(output.with_suffix(".json"), {}), table, fingerprint, baseline)
+  # The command that reproduces the whole merged table (rows measured earlier reuse their stored evaluations).
+  command = reproducing_command(sys.argv[1:], [r["variant"] for r in rows])
   study = {"baseline": baseline, "rows": rows, "machine": machine_line, "command": command,
            "num_images": args.num_images, "generator_fingerprint": fingerprint}
   write_json(output.with_suffix(".json"), study)

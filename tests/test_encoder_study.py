@@ -87,3 +87,10 @@ def test_summarise_dates_a_row_by_its_evaluation(tmp_path):
   summary = encoder_study.summarise(encoder_study.VARIANTS[0], record, rows, tmp_path)
   assert summary["measured"].startswith("2025-12-0") and summary["cpu"]
   assert summary["cpu_minutes"] == 10.0 and summary["steps"] == 2500
+
+
+def test_the_stored_command_reproduces_every_row():
+  for argv in (["--gan", "g", "--variants", "cosine", "--workdir", "w"],
+               ["--gan", "g", "--variants=cosine", "--workdir", "w"]):
+    assert encoder_study.reproducing_command(argv, ["lr1e-3", "cosine"]) == (
+        "python bench/encoder_study.py --gan g --workdir w --variants lr1e-3,cosine")
