@@ -19,8 +19,8 @@ Expected (measured 2026-12-03, 2-core AMD EPYC: GAN 7,500 steps 71 min, encoder 
 held-out crops, `python evaluate.py --checkpoint runs/celeba64 --images runs/celeba64_heldout --methods
 encoder,indomain --lambda_enc=0,2`): PSNR encoder 18.3 dB (SSIM 0.46), in-domain (100 steps) 24.5 dB at lambda_enc 0
 and 21.0 dB at 2, against 21.0 dB for plain optimisation (100 steps); interpolation mid-point SWD of the lambda_enc 2
-codes 46.3 against 59.0 for optimisation. With 2,500 steps decayed x0.8 per quarter (row lr1e-3) the same GAN gave 17.6 /
-24.3 / 20.9 dB, SWD 47.7.
+codes 46.3 against 59.0 for optimisation. With 2,500 steps decayed x0.8 per quarter (row lr1e-3) the same GAN
+gave 17.6 / 24.3 / 20.9 dB, SWD 47.7.
 """
 from configs import demo64
 
