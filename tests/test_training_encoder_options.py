@@ -284,23 +284,24 @@ def test_code_term_gives_the_same_parameters_on_one_and_eight_devices(frozen, im
 def test_a_constant_rate_run_extended_on_resume_equals_one_longer_run(frozen, images, tmp_path):
   """bench/encoder_study.py's length curve trains one run and raises num_steps at each length: with the constant
   schedule that must give the same parameters as one run planned at the longer length from the start."""
+  from idinvert_jax import export  # pylint: disable=import-outside-toplevel
   mesh = mesh_lib.make_mesh(None)
 
-  def run(workdir, planned, steps):
+  def trainer_for(planned):
     config = encoder_config(num_steps=planned, lr_schedule="constant")
-    trainer = encoder_training.EncoderTrainer(config, mesh, **frozen)
-    batches = arrays.ArrayBatches(images, 8, mesh)
-    loop.run(trainer.stage(), config=config, workdir=str(workdir), data_iterator=batches, num_steps=steps,
-             batch_size=8, checkpoint_every=4, log_every=1, show_progress=False)
-    from idinvert_jax import export  # pylint: disable=import-outside-toplevel
-    return export.load_models(workdir).encoder_vars
+    return config, encoder_training.EncoderTrainer(config, mesh, **frozen)
 
-  run(tmp_path / "extended", planned=4, steps=4)
-  extended = run(tmp_path / "extended", planned=8, steps=8)
-  straight = run(tmp_path / "straight", planned=8, steps=8)
-  for a, b in zip(jax.tree_util.tree_leaves(extended), jax.tree_util.tree_leaves(straight)):
+  def run(trainer_and_config, workdir, steps):
+    config, trainer = trainer_and_config
+    loop.run(trainer.stage(), config=config, workdir=str(workdir), data_iterator=arrays.ArrayBatches(images, 8, mesh),
+             num_steps=steps, batch_size=8, checkpoint_every=4, log_every=1, show_progress=False)
+    return jax.tree_util.tree_leaves(export.load_models(workdir).encoder_vars)
+
+  planned_at_8 = trainer_for(8)
+  shorter = run(trainer_for(4), tmp_path / "extended", 4)
+  extended = run(planned_at_8, tmp_path / "extended", 8)
+  straight = run(planned_at_8, tmp_path / "straight", 8)
+  for a, b in zip(extended, straight):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  # ... and differs from a run stopped at 4 steps (the resume did train on).
-  shorter = run(tmp_path / "shorter", planned=4, steps=4)
-  assert any(not np.array_equal(np.asarray(a), np.asarray(b))
-             for a, b in zip(jax.tree_util.tree_leaves(extended), jax.tree_util.tree_leaves(shorter)))
+  # ... and the resume did train on past the first length.
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(extended, shorter))
