@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import resource
@@ -256,8 +257,20 @@ def markdown(table: list[dict], baseline: dict, machine_line: str, num_images: i
   return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
+def length_fit(curve: list[dict]) -> tuple[float, float] | None:
+  """Least-squares line of encoder PSNR against log2(CPU minutes) over a length curve (None below 3 points)."""
+  points = [(math.log2(r["cpu_minutes"]), r["encoder_psnr"]) for r in curve if r.get("cpu_minutes")]
+  if len(points) < 3:
+    return None
+  mean_x = sum(x for x, _ in points) / len(points)
+  mean_y = sum(y for _, y in points) / len(points)
+  slope = (sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points))
+  return slope, mean_y - slope * mean_x
+
+
 def plot(table: list[dict], baseline: dict, path: Path) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib.ticker  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -284,12 +297,26 @@ def plot(table: list[dict], baseline: dict, path: Path) -> None:
       for r in curve:
         right.annotate(f"{r['steps']} steps", (r["cpu_minutes"], r["encoder_psnr"]), fontsize=8,
                        textcoords="offset points", xytext=(4, -10))
+      fit = length_fit(curve)
+      if fit is not None:  # Where the measured trend would meet the encoder target: the "curve that says why not".
+        slope, intercept = fit
+        minutes_at_target = 2 ** ((21.0 - intercept) / slope) if slope > 0 else None
+        last = max(r["cpu_minutes"] for r in curve)
+        end = minutes_at_target if minutes_at_target and minutes_at_target > last else last * 4
+        grid = [last * (end / last) ** (i / 20) for i in range(21)]
+        right.plot(grid, [slope * math.log2(m) + intercept for m in grid], ":", color="tab:blue",
+                   label=f"{family}: encoder trend {slope:+.2f} dB/doubling (extrapolated)")
     right.axhline(baseline["psnr"], color="k", ls="--", lw=1, label="optimize 100 steps")
     right.axhline(21.0, color="r", ls=":", lw=1, label="encoder target 21 dB")
-    right.set_xlabel("encoder training CPU minutes (2 cores)")
+    right.axhline(baseline["psnr"] + 1, color="tab:orange", ls=":", lw=1, label="in-domain target (optimize + 1 dB)")
+    right.set_xscale("log", base=2)
+    right.set_xlabel("encoder training CPU minutes (2 cores, log scale)")
     right.set_ylabel("PSNR (dB)")
+    right.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda m, _: f"{m:g}"))
     right.set_title("training length (one run per curve, evaluated at each length)")
-    right.legend(fontsize=8)
+    low, _ = right.get_ylim()
+    right.set_ylim(low, baseline["psnr"] + 4.5)  # Room above the targets for the legend.
+    right.legend(fontsize=7, loc="upper right")
   else:  # No length curve yet: interpolation realism per row (lower is better).
     right.bar(list(xs), [r["indomain2_swd_interp"] for r in table], 0.5, color="tab:orange",
               label="in-domain codes, lambda_enc 2")

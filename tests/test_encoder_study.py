@@ -1,5 +1,6 @@
 """bench/encoder_study.py: rows accumulate over sessions only on the same generator; --render_only redraws."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,11 @@ def test_the_stored_command_reproduces_every_row():
                ["--gan", "g", "--variants=cosine", "--workdir", "w"]):
     assert encoder_study.reproducing_command(argv, ["lr1e-3", "cosine"]) == (
         "python bench/encoder_study.py --gan g --workdir w --variants lr1e-3,cosine")
+
+
+def test_length_fit_is_the_least_squares_trend_per_doubling():
+  """Encoder PSNR against log2(CPU minutes): exact on points that lie on a line; none below three points."""
+  curve = [dict(row(f"const_{m}", 17.0 + 0.5 * k), cpu_minutes=m) for k, m in enumerate((30.0, 60.0, 120.0))]
+  slope, intercept = encoder_study.length_fit(curve)
+  assert abs(slope - 0.5) < 1e-12 and abs(slope * math.log2(60.0) + intercept - 17.5) < 1e-9
+  assert encoder_study.length_fit(curve[:2]) is None
