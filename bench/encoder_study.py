@@ -106,17 +106,45 @@ def config_flags(settings: dict) -> list[str]:
   return [f"--config.{key}={value}" for key, value in settings.items()]
 
 
-def run_timed(cmd: list[str], log: Path) -> float:
-  """Runs cmd (output appended to log); returns the CPU seconds (user + system) it used."""
+def process_cpu_seconds(pid: int) -> float:
+  """user + system CPU seconds of a running process and its waited-for children (Linux /proc; 0 elsewhere)."""
+  try:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+  except OSError:
+    return 0.0
+  utime, stime, cutime, cstime = (int(v) for v in fields[11:15])  # stat fields 14-17
+  return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
+
+
+def run_timed(cmd: list[str], log: Path, progress=None, poll_seconds: float = 30.0) -> float:
+  """Runs cmd (output appended to log); returns the CPU seconds (user + system) it used. While it runs,
+  progress(cpu_seconds_so_far) is called every poll_seconds, so a driver killed mid-run leaves its count behind."""
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
   with open(log, "a") as f:
     f.write(f"\n$ {' '.join(cmd)}\n")
     f.flush()
-    result = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False)
+    child = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    while True:
+      try:
+        returncode = child.wait(timeout=poll_seconds)
+        break
+      except subprocess.TimeoutExpired:
+        if progress is not None:
+          progress(process_cpu_seconds(child.pid))
   after = resource.getrusage(resource.RUSAGE_CHILDREN)
-  if result.returncode:
-    raise SystemExit(f"encoder_study: {cmd[1]} failed (exit {result.returncode}); see {log}")
+  if returncode:
+    raise SystemExit(f"encoder_study: {cmd[1]} failed (exit {returncode}); see {log}")
   return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def carry_unfinished(record: dict) -> dict:
+  """Counts the CPU time of a training run whose driver was killed (last progress reading) into the record."""
+  unfinished = record.pop("cpu_seconds_unfinished", 0.0)
+  if unfinished:
+    record["cpu_seconds"] += unfinished
+    record["cpu_note"] = ("training CPU time partly from the last reading before a driver was stopped "
+                          "(up to 30 s of a killed run uncounted)")
+  return record
 
 
 def read_json(path: Path, default):
@@ -137,7 +165,7 @@ def trained_steps(workdir: Path) -> int:
 def train_variant(variant: Variant, gan: Path, workdir: Path, config: str, max_steps: int = 0) -> tuple[dict, Path]:
   """Trains (or resumes) the variant's run up to its steps; returns its record and the checkpoint to evaluate."""
   record_path = workdir / "study.json"
-  record = read_json(record_path, {"cpu_seconds": 0.0, "wall_seconds": 0.0})
+  record = carry_unfinished(read_json(record_path, {"cpu_seconds": 0.0, "wall_seconds": 0.0}))
   settings = variant.settings()
   if max_steps:
     scale = max_steps / REFERENCE["train.encoder.num_steps"]
@@ -156,7 +184,8 @@ def train_variant(variant: Variant, gan: Path, workdir: Path, config: str, max_s
     cpu = run_timed([sys.executable, "train.py", f"--config={config}", f"--workdir={workdir}", "--stage=encoder",
                      f"--config.train.encoder.generator_checkpoint={gan.resolve()}",
                      f"--config.train.encoder.sample_every={steps}", *config_flags(settings)],
-                    workdir / "study.log")
+                    workdir / "study.log",
+                    progress=lambda seconds: write_json(record_path, dict(record, cpu_seconds_unfinished=seconds)))
     record["cpu_seconds"] += cpu
     record["wall_seconds"] += time.time() - start
     record.update(variant=variant.name, what=variant.what, settings=settings)

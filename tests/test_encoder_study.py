@@ -103,3 +103,18 @@ def test_length_fit_is_the_least_squares_trend_per_doubling():
   slope, intercept = encoder_study.length_fit(curve)
   assert abs(slope - 0.5) < 1e-12 and abs(slope * math.log2(60.0) + intercept - 17.5) < 1e-9
   assert encoder_study.length_fit(curve[:2]) is None
+
+
+def test_run_timed_reports_cpu_while_the_child_runs(tmp_path):
+  """A driver killed mid-training keeps the child's CPU time so far (read from /proc every poll)."""
+  readings = []
+  burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass"
+  total = encoder_study.run_timed([sys.executable, "-c", burn], tmp_path / "log", readings.append, poll_seconds=0.2)
+  assert 0.5 < total < 5
+  assert readings and readings == sorted(readings) and 0 < readings[-1] <= total + 0.05
+
+
+def test_an_unfinished_reading_is_counted_once_and_noted():
+  record = encoder_study.carry_unfinished({"cpu_seconds": 600.0, "cpu_seconds_unfinished": 120.0})
+  assert record["cpu_seconds"] == 720.0 and "cpu_seconds_unfinished" not in record and record["cpu_note"]
+  assert encoder_study.carry_unfinished({"cpu_seconds": 600.0}) == {"cpu_seconds": 600.0}
