@@ -91,6 +91,8 @@ VARIANTS = [
         ("train.encoder.lambda_dfeat", 1.0),)),
     Variant("code", "lr 1e-3, + code term on G's samples: 0.1 mean((E(G(w)) - w)^2), 16 codes per step",
             CURRENT + (("train.encoder.lambda_code", 0.1),)),
+    Variant("no_bn_const", "no BatchNorm + lr 1e-3 constant (the two best single changes)", CONSTANT + (
+        ("model.encoder.normalization", "none"),)),
     # Training-length curve: one constant-lr run, evaluated at each length (so 20k costs 20k steps, not 37.5k).
     Variant("const_2.5k", "lr 1e-3 constant (no decay); 2,500 steps of one long run", CONSTANT, run="const"),
     Variant("const_5k", "same run at 5,000 steps", CONSTANT + (("train.encoder.num_steps", 5000),), run="const"),
