@@ -338,7 +338,7 @@ def plot(table: list[dict], baseline: dict, path: Path) -> None:
         slope, intercept = fit
         minutes_at_target = 2 ** ((21.0 - intercept) / slope) if slope > 0 else None
         last = max(r["cpu_minutes"] for r in curve)
-        end = minutes_at_target if minutes_at_target and minutes_at_target > last else last * 4
+        end = min(minutes_at_target, last * 2 ** 8) if minutes_at_target and minutes_at_target > last else last * 4
         grid = [last * (end / last) ** (i / 20) for i in range(21)]
         right.plot(grid, [slope * math.log2(m) + intercept for m in grid], ":", color="tab:blue",
                    label=f"{family}: encoder trend {slope:+.2f} dB/doubling (extrapolated)")
