@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from idinvert_jax.machine import cpu_model  # noqa: E402  pylint: disable=wrong-import-position
@@ -144,8 +146,9 @@ def carry_unfinished(record: dict) -> dict:
   unfinished = record.pop("cpu_seconds_unfinished", 0.0)
   if unfinished:
     record["cpu_seconds"] += unfinished
-    record["cpu_note"] = ("training CPU time partly from the last reading before a driver was stopped "
-                          "(up to 30 s of a killed run uncounted)")
+    note = ("training CPU time partly from the last reading before a driver was stopped "
+            "(up to 30 s of a killed run uncounted)")
+    record["cpu_note"] = "; ".join(filter(None, (record.get("cpu_note"), note)))
   return record
 
 
@@ -293,10 +296,8 @@ def length_fit(curve: list[dict]) -> tuple[float, float] | None:
   points = [(math.log2(r["cpu_minutes"]), r["encoder_psnr"]) for r in curve if r.get("cpu_minutes")]
   if len(points) < 3:
     return None
-  mean_x = sum(x for x, _ in points) / len(points)
-  mean_y = sum(y for _, y in points) / len(points)
-  slope = (sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points))
-  return slope, mean_y - slope * mean_x
+  slope, intercept = np.polyfit(*zip(*points), deg=1)
+  return float(slope), float(intercept)
 
 
 def plot(table: list[dict], baseline: dict, path: Path) -> None:
