@@ -188,13 +188,108 @@ def select_rows(result: inversion.InversionResult, keep: np.ndarray) -> inversio
 class InversionSummary:
   output: Path
   num_done: int           # images with results in the folder (this run + earlier runs)
-  num_inverted: int       # images inverted by this run
+  num_inverted: int       # images inverted by this run (by this process, in a multi-process run)
   num_skipped: int        # images found done by an earlier run
   failed: list            # [(path, reason)]: unreadable inputs, photos without a face (align)
   mean_metrics: dict      # name -> mean over the done images (NaN when unavailable)
   notes: list = dataclasses.field(default_factory=list)           # input policy lines, said once per run
   outside_domain: list = dataclasses.field(default_factory=list)  # one warning line per flagged image
   domain_note: str = ""   # how the domain threshold was computed, or why there is none
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The steps both layouts share: resolve the job once, invert one batch, keep what is finite.
+
+
+@dataclasses.dataclass
+class Job:
+  """Models, settings and policies of one inversion run, resolved once (`resolve_job`)."""
+  checkpoint: str | Path
+  models: Any
+  settings: inversion.InvertSettings
+  inverter: inversion.Inverter
+  devices: list
+  crop: str
+  fingerprint: dict
+  calibration: Any
+  domain_note: str
+
+  @property
+  def resolution(self) -> int:
+    return int(self.models.config.model.resolution)
+
+  @property
+  def batch_size(self) -> int:
+    """The one compiled batch shape: the batch size rounded up to the device count."""
+    return -(-max(1, self.settings.batch_size) // len(self.devices)) * len(self.devices)
+
+  @property
+  def save_steps(self) -> list[int]:
+    s = self.settings
+    return inversion.snapshot_steps(s.num_iterations, s.num_results)[:-1] if (
+        s.num_results > 1 and s.method != "encoder") else []
+
+
+def resolve_job(checkpoint: str | Path, config: ml_collections.ConfigDict | None = None,
+                overrides: dict[str, Any] | None = None, models=None, crop: str = "none",
+                devices=None) -> Job:
+  """Checks the flags, loads the models, resolves the settings and the domain calibration: before any work."""
+  inversion.InvertSettings.from_config(config, **(overrides or {}))  # Bad flag values: refused before loading.
+  if crop not in CROP_MODES:
+    raise InvertJobError(f"crop {crop!r} is unknown; use one of {sorted(CROP_MODES)}.")
+  if models is None:
+    models = load_job_models(checkpoint, config)
+  settings = inversion.InvertSettings.from_config(config if config is not None else models.config,
+                                                  **(overrides or {}))
+  inverter = inversion.Inverter(models)
+  inverter.validate(settings)  # Mismatched checkpoint / missing encoder: fail before any work.
+  calibration, domain_note = _domain_calibration(checkpoint)  # A malformed file fails before any work.
+  fingerprint = _fingerprint(settings, models)
+  if crop != "none":  # The crop changes the pixels inverted (absent for the default: older folders still match).
+    fingerprint["crop"] = crop
+  return Job(checkpoint=checkpoint, models=models, settings=settings, inverter=inverter,
+             devices=list(devices) if devices is not None else jax.devices(), crop=crop, fingerprint=fingerprint,
+             calibration=calibration, domain_note=domain_note)
+
+
+@dataclasses.dataclass
+class BatchOutcome:
+  """One inverted batch: the finite results (`keep` says which inputs they are) and the failures."""
+  result: inversion.InversionResult | None  # rows of the kept inputs only; None when none is kept
+  keep: np.ndarray                          # bool [n]
+  seconds: float                            # wall time per input of the batch
+  failed: list                              # [(position in the batch, reason)]
+
+
+NON_FINITE = ("non-finite codes or losses (lower --learning_rate or check the loss weights); not saved, retried "
+              "on the next run")
+
+
+def invert_batch(job: Job, x: np.ndarray, progress: bool = False) -> BatchOutcome:
+  """Inverts up to `job.batch_size` images, padded to that one compiled shape (the padding is dropped)."""
+  n = x.shape[0]
+  padded = inversion._pad_rows(x, job.batch_size)  # pylint: disable=protected-access
+  start = time.perf_counter()
+  result = inversion.invert(padded, job.inverter, job.settings, progress=progress, devices=job.devices)
+  seconds = (time.perf_counter() - start) / n
+  result = select_rows(result, np.arange(job.batch_size) < n)
+  keep = finite_rows(result)
+  failed = [(int(j), NON_FINITE) for j in np.flatnonzero(~keep)]
+  return BatchOutcome(result=select_rows(result, keep) if keep.any() else None, keep=keep, seconds=seconds,
+                      failed=failed)
+
+
+def load_inputs(read, indices: Sequence[int], name_of) -> tuple[list[int], np.ndarray | None, list]:
+  """`read(i)` -> float image for each index; returns (loaded indices, images [n, R, R, 3], [(i, reason)]) where
+  a reason does not repeat the input's name (`name_of(i)`)."""
+  loaded, arrays, failed = [], [], []
+  for i in indices:
+    try:
+      arrays.append(read(i))
+      loaded.append(i)
+    except (ValueError, OSError) as e:  # data.ImageError is a ValueError.
+      failed.append((i, _reason(e, name_of(i))))
+  return loaded, (np.stack(arrays) if arrays else None), failed
 
 
 def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: str | Path,
@@ -219,47 +314,30 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
     largest_face: with `align`, only the largest face of each photo.
   """
   from idinvert_jax import data  # pylint: disable=import-outside-toplevel
+  from idinvert_jax import inversion_shards  # pylint: disable=import-outside-toplevel
   output = Path(output)
-  inversion.InvertSettings.from_config(config, **(overrides or {}))  # Bad flag values: refused before loading.
   if output.exists() and not output.is_dir():
     raise InvertJobError(f"{output} is a file, not a folder; give a folder for --output.")
-  if models is None:
-    models = load_job_models(checkpoint, config)
-  settings = inversion.InvertSettings.from_config(config if config is not None else models.config,
-                                                  **(overrides or {}))
-  inverter = inversion.Inverter(models)
-  inverter.validate(settings)  # Mismatched checkpoint / missing encoder: fail before any work.
-  resolution = int(models.config.model.resolution)
+  if inversion_shards.is_sharded(output):
+    raise InvertJobError(f"{output} holds a sharded inversion ({inversion_shards.MANIFEST_FILE}); rerun with "
+                         "--layout shards or choose another --output.")
+  dataset = [str(p) for p in images if data.sources.is_dataset_spec(p)]
+  if dataset:
+    raise InvertJobError(f"{dataset[0]} is a data set; data sets are inverted with --layout shards.")
+  job = resolve_job(checkpoint, config, overrides, models, crop, devices)
   paths = [Path(p) for p in data.expand_inputs(images)]  # Raises (one line) for missing paths or no images.
   files.check_output_folder(output)  # A read-only folder: one line before any work.
-  notes, input_failures = [], []
-  if align:
-    paths, input_failures, note = _align_inputs(paths, output / folder_lib.ALIGNED_DIR, resolution, largest_face,
-                                                progress)
-    notes.append(note)
-    if not paths:
-      raise InvertJobError(f"--align found no face in {list(map(str, images))}; check the photos or invert them "
-                           f"without --align.")
-  else:
-    note = crop_policy_note(paths, crop, resolution)
-    if note:
-      notes.append(note)
-  for note in notes:
-    logging.warning("%s", note)
-  calibration, domain_note = _domain_calibration(checkpoint)  # A malformed file fails before any work.
+  paths, notes, input_failures = _plan_paths(job, paths, images, output, align, largest_face, progress)
   names = folder_lib.unique_names(paths)
   sources = [os.path.realpath(p) for p in paths]  # (Path.resolve raises on a symlink loop; realpath does not.)
 
-  fingerprint = _fingerprint(settings, models)
-  if crop != "none":  # The crop changes the pixels inverted (absent for the default: older folders still match).
-    fingerprint["crop"] = crop
   if overwrite:
     folder_lib.clear_parts(output)
-  elif folder_lib.read_fingerprint(output) not in (None, fingerprint):
+  elif folder_lib.read_fingerprint(output) not in (None, job.fingerprint):
     raise InvertJobError(f"{output} holds results made with other settings or models "
                          f"({output / folder_lib.PARTS_DIR / folder_lib.SETTINGS_FILE}); pass --overwrite to redo "
                          f"them or choose another --output.")
-  folder_lib.write_fingerprint(output, fingerprint)
+  folder_lib.write_fingerprint(output, job.fingerprint)
 
   done = folder_lib.load_parts(output)
   pending = [i for i, s in enumerate(sources) if s not in done]
@@ -267,63 +345,98 @@ def run_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: 
   if skipped:
     logging.info("%s: %d of %d images already done, skipping them.", output, skipped, len(sources))
 
-  steps = inversion.snapshot_steps(settings.num_iterations, settings.num_results)
-  save_steps = steps[:-1] if settings.num_results > 1 and settings.method != "encoder" else []
   failed: list[tuple[str, str]] = []
   part_index = folder_lib.next_part_index(output)
-  for lo in range(0, len(pending), max(1, settings.batch_size)):
-    chunk = pending[lo:lo + max(1, settings.batch_size)]
-    loaded, arrays = [], []
-    for i in chunk:
-      try:
-        arrays.append(data.load_image(paths[i], resolution, CROP_MODES[crop]))
-        loaded.append(i)
-      except (data.ImageError, OSError) as e:
-        failed.append((str(paths[i]), _reason(e, paths[i])))
-        logging.warning("skipping %s: %s", paths[i], failed[-1][1])
-    if not loaded:
-      continue
-    x = np.stack(arrays)
-    start = time.perf_counter()
-    result = inversion.invert(x, inverter, settings, progress=progress, devices=devices)
-    seconds = (time.perf_counter() - start) / len(loaded)
-    finite = finite_rows(result)
-    for j in np.flatnonzero(~finite):  # Not written, not marked done: the next run tries them again.
-      failed.append((str(paths[loaded[j]]), "non-finite codes or losses (lower --learning_rate or check the "
-                     "loss weights); not saved, retried on the next run"))
-      logging.warning("failed %s: %s", paths[loaded[j]], failed[-1][1])
-    if not finite.all():
-      result = select_rows(result, finite)
-      x, loaded = x[finite], [i for i, ok in zip(loaded, finite) if ok]
-      if not loaded:
-        continue
-    record = _batch_record(models, x, result, [sources[i] for i in loaded], [names[i] for i in loaded],
-                           seconds)
-    for j, i in enumerate(loaded):  # PNGs first, the part file last: the part marks the batch as done.
-      folder_lib.write_images(
-          output, names[i], x[j],
-          None if result.encoder_reconstructions is None else result.encoder_reconstructions[j],
-          [(step, snap[j]) for step, snap in result.snapshots if step in save_steps], result.reconstructions[j])
-    folder_lib.save_part(output, part_index, record)
-    part_index += 1
+  bar = _progress_bar(progress, len(pending), "invert")
+  for lo in range(0, len(pending), job.batch_size):
+    batch = pending[lo:lo + job.batch_size]
+    loaded, x, batch_failed = load_inputs(lambda i: data.load_image(paths[i], job.resolution, CROP_MODES[crop]),
+                                          batch, lambda i: paths[i])
+    if loaded:
+      outcome = invert_batch(job, x)
+      batch_failed += [(loaded[j], reason) for j, reason in outcome.failed]
+      kept = [i for i, ok in zip(loaded, outcome.keep) if ok]
+      if kept:
+        x = x[outcome.keep]
+        record = _batch_record(job.models, x, outcome.result, [sources[i] for i in kept], [names[i] for i in kept],
+                               outcome.seconds)
+        for j, i in enumerate(kept):  # PNGs first, the part file last: the part marks the batch as done.
+          _write_pngs(output, names[i], x[j], outcome.result, j, job.save_steps)
+        folder_lib.save_part(output, part_index, record)
+        part_index += 1
+    for i, reason in batch_failed:
+      logging.warning("failed %s: %s", paths[i], reason)
+      failed.append((str(paths[i]), reason))
+    if bar is not None:
+      bar.update(len(batch))
+  if bar is not None:
+    bar.close()
 
   done = folder_lib.load_parts(output)
   order = [i for i, s in enumerate(sources) if s in done]
   rows = [done[sources[i]] for i in order]
-  outside = domain_check.verdicts(calibration, [float(r["psnr"]) for r in rows], settings.method)
-  warnings = [calibration.warning(names[i], float(r["psnr"]), settings.method)
-              for i, r, o in zip(order, rows, outside) if o]
-  for line in warnings:
-    logging.warning("%s", line)
+  warnings = _domain_warnings(job, [names[i] for i in order], rows)
   folder_lib.write_failed(output, input_failures + failed)
-  folder_lib.write_summary(output, [names[i] for i in order], [sources[i] for i in order], rows, save_steps,
-                           settings, has_perceptual=models.perceptual_vars is not None, outside=outside,
-                           domain_note=domain_note, notes=notes, failed=input_failures + failed)
-  means = {k: float(np.mean([r[k] for r in rows])) if rows else math.nan
-           for k in ("mse", "psnr", "ssim", "perceptual", "seconds")}
+  folder_lib.write_summary(output, [names[i] for i in order], [sources[i] for i in order], rows, job.save_steps,
+                           job.settings, has_perceptual=job.models.perceptual_vars is not None,
+                           outside=warnings.verdicts, domain_note=job.domain_note, notes=notes,
+                           failed=input_failures + failed)
   return InversionSummary(output=output, num_done=len(rows), num_inverted=len(sources) - skipped - len(failed),
-                          num_skipped=skipped, failed=input_failures + failed, mean_metrics=means, notes=notes,
-                          outside_domain=warnings, domain_note=domain_note)
+                          num_skipped=skipped, failed=input_failures + failed, mean_metrics=mean_metrics(rows),
+                          notes=notes, outside_domain=warnings.lines, domain_note=job.domain_note)
+
+
+def _progress_bar(progress: bool, total: int, what: str):
+  if not progress or not total:
+    return None
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  return tqdm(total=total, desc=what, unit="image")
+
+
+def _plan_paths(job: Job, paths, images, output: Path, align: bool, largest_face: bool, progress: bool):
+  """The inputs actually inverted (FFHQ-aligned crops with `align`), the policy notes and the photos skipped."""
+  notes, input_failures = [], []
+  if align:
+    paths, input_failures, note = _align_inputs(paths, output / folder_lib.ALIGNED_DIR, job.resolution,
+                                                largest_face, progress)
+    notes.append(note)
+    if not paths:
+      raise InvertJobError(f"--align found no face in {list(map(str, images))}; check the photos or invert them "
+                           f"without --align.")
+  else:
+    note = crop_policy_note(paths, job.crop, job.resolution)
+    if note:
+      notes.append(note)
+  for note in notes:
+    logging.warning("%s", note)
+  return paths, notes, input_failures
+
+
+def _write_pngs(folder: Path, name: str, original, result: inversion.InversionResult, j: int, save_steps) -> None:
+  folder_lib.write_images(
+      folder, name, original, None if result.encoder_reconstructions is None else result.encoder_reconstructions[j],
+      [(step, snap[j]) for step, snap in result.snapshots if step in save_steps], result.reconstructions[j])
+
+
+@dataclasses.dataclass
+class DomainWarnings:
+  verdicts: list   # per row: True outside, False inside, None without a calibration
+  lines: list      # one warning line per image outside
+
+
+def _domain_warnings(job: Job, names: Sequence[str], rows: Sequence[dict]) -> DomainWarnings:
+  psnrs = [float(r["psnr"]) for r in rows]
+  outside = domain_check.verdicts(job.calibration, psnrs, job.settings.method)
+  lines = [job.calibration.warning(name, psnr, job.settings.method)
+           for name, psnr, o in zip(names, psnrs, outside) if o]
+  for line in lines:
+    logging.warning("%s", line)
+  return DomainWarnings(outside, lines)
+
+
+def mean_metrics(rows: Sequence[dict]) -> dict:
+  return {k: float(np.mean([r[k] for r in rows])) if rows else math.nan
+          for k in ("mse", "psnr", "ssim", "perceptual", "seconds")}
 
 
 def compile_check(checkpoint: str | Path | None, config: ml_collections.ConfigDict | None = None,

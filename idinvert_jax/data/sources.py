@@ -421,3 +421,120 @@ def read_prepared(source: ImageSource, index: int, resolution: int, resize: str 
   """source.read(index) brought to uint8 [resolution, resolution, 3]; raises ImageError."""
   name, image = source.read(index)
   return name, preprocess.prepare_uint8(image, name, resolution, resize, resample, min_size)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# invert.py inputs: every source as one ordered, random-access list.
+
+DATASET_PREFIXES = ("tfds:", "synthetic:")
+
+
+def is_dataset_spec(spec: str | os.PathLike) -> bool:
+  """Whether an --images entry names a whole data set (tfds:NAME/SPLIT, synthetic:N[:SEED], .npz/.npy array)."""
+  text = str(spec)
+  return text.startswith(DATASET_PREFIXES) or Path(text).suffix.lower() in (".npz", ".npy")
+
+
+class ConcatSource:
+  """Several sources one after the other: image i is read from the segment that holds it."""
+
+  def __init__(self, sources: Sequence[ImageSource]):
+    self.sources = list(sources)
+    self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+    self.description = " + ".join(s.description for s in self.sources)
+
+  def __len__(self) -> int:
+    return int(self.offsets[-1])
+
+  def read(self, index: int) -> tuple[str, np.ndarray]:
+    if not 0 <= index < len(self):
+      raise IndexError(f"{self.description}: image {index} out of range 0..{len(self) - 1}")
+    segment = int(np.searchsorted(self.offsets, index, side="right")) - 1
+    return self.sources[segment].read(index - int(self.offsets[segment]))
+
+
+def _dataset_segment(spec: str, resolution: int, data_cfg) -> ImageSource:
+  background = tuple(getattr(data_cfg, "background", preprocess.WHITE)) if data_cfg is not None else preprocess.WHITE
+  if spec.startswith("tfds:"):
+    name, _, split = spec[len("tfds:"):].rpartition("/")
+    if not name or not split:
+      raise ValueError(f"{spec}: name a split, e.g. tfds:celeb_a/train or tfds:lsun/tower/train")
+    data_dir = str(getattr(data_cfg, "tfds_data_dir", "") or "") if data_cfg is not None else ""
+    image_key = str(getattr(data_cfg, "tfds_image_key", "image")) if data_cfg is not None else "image"
+    return TfdsSource(name, split, data_dir or None, image_key, background)
+  if spec.startswith("synthetic:"):
+    parts = spec[len("synthetic:"):].split(":")
+    try:
+      num, seed = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+      if len(parts) > 2:
+        raise ValueError
+    except ValueError:
+      raise ValueError(f"{spec}: write synthetic:COUNT or synthetic:COUNT:SEED, e.g. synthetic:1000") from None
+    return SyntheticSource(num, resolution, seed)
+  key = str(getattr(data_cfg, "npz_key", "images")) if data_cfg is not None else "images"
+  return ArraySource(spec, key, background)
+
+
+def input_segments(specs: Sequence[str | os.PathLike]) -> list[dict]:
+  """--images entries grouped into segments: consecutive files/folders/.txt lists form one 'files' segment, each
+  data set entry (.npz/.npy, tfds:, synthetic:) one 'dataset' segment."""
+  segments: list[dict] = []
+  for spec in map(str, specs):
+    if is_dataset_spec(spec):
+      segments.append({"kind": "dataset", "spec": spec})
+    elif segments and segments[-1]["kind"] == "files":
+      segments[-1]["specs"].append(spec)
+    else:
+      segments.append({"kind": "files", "specs": [spec]})
+  if not segments:
+    raise EmptySourceError("no inputs given; pass image files, folders, .txt lists, .npz/.npy arrays, "
+                           "tfds:NAME/SPLIT or synthetic:COUNT")
+  return segments
+
+
+def open_inputs(specs: Sequence[str | os.PathLike], resolution: int, data_cfg=None) -> tuple[ImageSource, list]:
+  """invert.py --images entries as one random-access source in input order, and its segments (for a manifest).
+
+  Entries: image files, folders, .txt lists (listed as `expand_inputs` does, by real path), .npz/.npy uint8
+  arrays (`data_cfg.npz_key`), `tfds:NAME/SPLIT` (a prepared TFDS data set in `data_cfg.tfds_data_dir`) and
+  `synthetic:COUNT[:SEED]`. Image names are the files' real paths and '<data set>#<index>' otherwise.
+  """
+  return open_segments(input_segments(specs), resolution, data_cfg)
+
+
+def open_segments(segments: Sequence[dict], resolution: int, data_cfg=None,
+                  names: Sequence[str] | None = None) -> tuple[ImageSource, list[dict]]:
+  """The source of `input_segments` (each gets its 'count'). With `names` (a manifest's input list, segments
+  with counts) the files segments take their paths from it instead of scanning the folders again, and every
+  segment must still hold `count` images."""
+  background = tuple(getattr(data_cfg, "background", preprocess.WHITE)) if data_cfg is not None else preprocess.WHITE
+  sources, resolved, start = [], [], 0
+  for segment in segments:
+    segment = dict(segment)
+    if segment["kind"] == "files":
+      if names is None:
+        paths = [os.path.realpath(p) for p in expand_inputs(segment["specs"])]
+      else:
+        paths = list(names[start:start + int(segment["count"])])
+      source: ImageSource = FileSource(paths, ", ".join(segment["specs"]), background)
+    else:
+      source = _dataset_segment(segment["spec"], resolution, data_cfg)
+    if "count" in segment and int(segment["count"]) != len(source):
+      raise ValueError(f"{source.description}: holds {len(source)} images but the output folder's manifest "
+                       f"says {segment['count']}; the inputs changed - pass the same inputs or another --output")
+    segment["count"] = len(source)
+    start += len(source)
+    sources.append(source)
+    resolved.append(segment)
+  return (sources[0] if len(sources) == 1 else ConcatSource(sources)), resolved
+
+
+def image_names(source: ImageSource) -> list[str]:
+  """The name `source.read(i)` gives each image, without reading any image."""
+  if isinstance(source, ConcatSource):
+    return [name for s in source.sources for name in image_names(s)]
+  if isinstance(source, FileSource):
+    return [str(p) for p in source.paths]
+  if isinstance(source, SyntheticSource):
+    return [f"synthetic_{source.seed}_{i:06d}" for i in range(len(source))]
+  return [f"{source.description}#{i}" for i in range(len(source))]

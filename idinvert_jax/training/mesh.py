@@ -19,11 +19,13 @@ DATA_AXIS = "data"
 
 
 def maybe_initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None, cpu_collectives: str | None = None) -> bool:
+                                 process_id: int | None = None, cpu_collectives: str | None = None,
+                                 shutdown_timeout_s: int | None = None) -> bool:
   """Calls jax.distributed.initialize() when flags or the environment say this is a multi-process run.
 
   Explicit flags win; otherwise JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID are read; a TPU pod
   or SLURM cluster that JAX detects on its own is started with IDINVERT_DISTRIBUTED=1. Returns True if started.
+  `shutdown_timeout_s`: how long a process that exits waits for the others (JAX's default 300 s).
   """
   env = os.environ
   coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
@@ -39,11 +41,51 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
   if cpu_collectives:
     # CPU devices of different processes need a collectives backend to talk (gloo works everywhere).
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+  extra = {} if shutdown_timeout_s is None else {"shutdown_timeout_seconds": int(shutdown_timeout_s)}
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
+                             process_id=process_id, **extra)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  return distributed.global_state.client
+
+
+def barrier(name: str, timeout_s: float) -> None:
+  """Waits until every process reached barrier `name` (a unique name per barrier); no-op in one process.
+
+  The coordination service's barrier, not a device collective: a process may wait here for hours (a pod host
+  that finished its share before the slowest one) without a collective timing out.
+  """
+  if jax.process_count() > 1:
+    _client().wait_at_barrier(name, int(timeout_s * 1000))
+
+
+def share_from_process0(key: str, make, timeout_s: float = 3600.0) -> Any:
+  """`make()` run on process 0 and its JSON result handed to every process (the coordination service's key-value
+  store; `make` may return an {"error": message} dict that every process then raises on its own)."""
+  import json  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1:
+    return make()
+  if jax.process_index() == 0:
+    try:
+      value = make()
+    except Exception as e:  # noqa: BLE001 -- the others must not wait for a plan that never comes.
+      _client().key_value_set(key, json.dumps({"error": f"process 0: {e}"}))
+      raise
+    _client().key_value_set(key, json.dumps(value))
+    return value
+  return json.loads(_client().blocking_key_value_get(key, int(timeout_s * 1000)))
+
+
+def claim_counter(key: str) -> int:
+  """The next value of a counter every process shares (0, 1, 2, ... across processes: work claiming)."""
+  if jax.process_count() == 1:
+    raise ValueError("claim_counter is for multi-process runs")
+  return int(_client().key_value_increment(key, 1)) - 1
 
 
 def make_mesh(mesh_config: Any = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -70,10 +112,15 @@ def make_mesh(mesh_config: Any = None, devices: Sequence[jax.Device] | None = No
   if int(np.prod(shape)) != len(devices):
     raise ValueError(f"config.mesh.shape {tuple(shape)} needs {int(np.prod(shape))} devices but {len(devices)} are "
                      "available; use -1 for the data axis")
+  device_array = None
   if devices == list(jax.devices()) or devices[0].platform == "tpu":
     # Topology-aware order (ICI rings on TPU, also for a topology compiled for without TPUs); plain order on CPU.
-    device_array = mesh_utils.create_device_mesh(shape, devices)
-  else:
+    try:
+      device_array = mesh_utils.create_device_mesh(shape, devices)
+    except (ValueError, NotImplementedError, AssertionError):
+      # A subset it has no ring order for (one pod host's own chips, for inversion: no collective, any order).
+      device_array = None
+  if device_array is None:
     device_array = np.asarray(devices).reshape(shape)
   return Mesh(device_array, axes)
 
