@@ -493,3 +493,306 @@ def compile_check(checkpoint: str | Path | None, config: ml_collections.ConfigDi
   first = report_at(settings.batch_size // len(devices))
   found = check_lib.largest_batch_per_device(report_at, first, max_compiles=4 if search else 0)
   return first, found
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The sharded layout (`--layout shards`, idinvert_jax.inversion_shards): any number of processes, each on its
+# own devices, invert the chunks of one data set into one shared folder.
+
+SAVE_IMAGES = ("none", "sample", "all")  # --save_images: PNGs per chunk (none, the first few, every image)
+SAMPLE_PER_CHUNK = 4
+EXIT_BARRIER_TIMEOUT_S = 7 * 24 * 3600  # the slowest host's share; a host waits at most this long for it
+
+
+@dataclasses.dataclass
+class ShardedSummary:
+  output: Path
+  num_inputs: int
+  num_chunks: int
+  chunks_now: int          # chunks this process inverted
+  chunks_skipped: int      # chunks found done at the start (by any earlier run)
+  chunks_redone: int       # chunk files found unreadable or incomplete at the start, inverted again
+  num_inverted: int        # images of the whole folder with codes
+  failed: list             # [(name, reason)] of the whole folder
+  complete: bool           # every chunk is there (DONE written)
+  mean_metrics: dict
+  merged: Path | None = None
+  notes: list = dataclasses.field(default_factory=list)
+  num_outside_domain: int = 0
+  domain_note: str = ""
+
+
+def sharded_summary_line(summary: ShardedSummary) -> str:
+  return (f"{summary.num_inputs} inputs in {summary.output} ({summary.num_chunks} chunks): "
+          f"{summary.num_inverted} inverted, {len(summary.failed)} failed; this process inverted "
+          f"{summary.chunks_now} chunk(s), {summary.chunks_skipped} were done before"
+          + (f", {summary.chunks_redone} redone" if summary.chunks_redone else ""))
+
+
+def _data_config(config, models):
+  source = config if config is not None else models.config
+  return source.get("data") if hasattr(source, "get") else None
+
+
+def plan_shards(job: Job, images: Sequence[str | Path], output: Path, chunk_size: int | None,
+                overwrite: bool) -> dict:
+  """Process 0's start: creates or checks the manifest, removes stale end markers and untrusted chunk files, and
+  returns {'pending': [chunk, ...], 'skipped': n, 'redone': n} (JSON, handed to every process)."""
+  from idinvert_jax import data  # pylint: disable=import-outside-toplevel
+  from idinvert_jax import inversion_shards as shards  # pylint: disable=import-outside-toplevel
+  files.check_output_folder(output)
+  if folder_lib.read_fingerprint(output) is not None:
+    raise InvertJobError(f"{output} holds an official-layout inversion ({folder_lib.PARTS_DIR}/); choose another "
+                         "--output for --layout shards")
+  manifest = shards.read_manifest(output)
+  if manifest is not None and overwrite:
+    for name in (shards.DONE_FILE, shards.CODES_FILE, shards.MANIFEST_FILE, shards.INPUTS_FILE):
+      (output / name).unlink(missing_ok=True)
+    import shutil  # pylint: disable=import-outside-toplevel
+    for name in (shards.CHUNKS_DIR, shards.IMAGES_DIR):
+      shutil.rmtree(output / name, ignore_errors=True)
+    manifest = None
+  wanted = data.sources.input_segments(images)
+  if manifest is None:
+    source, segments = data.sources.open_segments(wanted, job.resolution, _data_config(None, job.models))
+    fns = job.inverter.fns
+    manifest = shards.make_manifest(len(source), chunk_size or shards.DEFAULT_CHUNK_SIZE,
+                                    (fns.num_layers, fns.w_dim), segments, job.fingerprint)
+    shards.write_start(output, manifest, data.sources.image_names(source))
+  else:
+    if manifest["fingerprint"] != job.fingerprint:
+      raise InvertJobError(f"{output} holds codes made with other settings or models "
+                           f"({output / shards.MANIFEST_FILE}); pass --overwrite to redo them or choose another "
+                           "--output")
+    stored = [{k: v for k, v in s.items() if k != "count"} for s in manifest["segments"]]
+    if stored != wanted:
+      raise InvertJobError(f"{output} was started on other inputs ({output / shards.MANIFEST_FILE}: "
+                           f"{stored}); pass the same --images, --overwrite, or another --output")
+    if chunk_size and chunk_size != int(manifest["chunk_size"]):
+      raise InvertJobError(f"{output} was started with --chunk_size {manifest['chunk_size']}; pass that (or "
+                           "leave the flag out) to resume, or --overwrite")
+  for name in (shards.DONE_FILE, shards.CODES_FILE):  # They would describe the folder before this run.
+    (output / name).unlink(missing_ok=True)
+  done, bad = shards.scan_chunks(output, manifest)
+  for chunk, why in bad:
+    logging.warning("%s: %s; inverting it again", shards.chunk_path(output, chunk, manifest["num_chunks"]), why)
+    shards.chunk_path(output, chunk, manifest["num_chunks"]).unlink(missing_ok=True)
+  pending = sorted(set(range(int(manifest["num_chunks"]))) - set(done))
+  return {"pending": pending, "skipped": len(done), "redone": len(bad)}
+
+
+def _png_name(index: int, name: str) -> str:
+  """A unique, sortable PNG stem for input `index` ('00001234_face' from '/data/face.png' or 'x.npz#1234')."""
+  stem = Path(name.split("#")[0]).stem or "image"
+  return f"{index:08d}_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:40]
+
+
+def invert_chunk(job: Job, source, manifest: dict, chunk: int, names: Sequence[str], output: Path,
+                 save_images: str = "none") -> Path:
+  """Inverts one chunk's inputs (batches of the compiled shape, the last one padded) and writes its file."""
+  from idinvert_jax import inversion_shards as shards  # pylint: disable=import-outside-toplevel
+  from idinvert_jax.data import preprocess, sources  # pylint: disable=import-outside-toplevel
+
+  def read(i):
+    return preprocess.to_float(sources.read_prepared(source, i, job.resolution, CROP_MODES[job.crop])[1])
+
+  indices = list(shards.chunk_range(manifest, chunk))
+  records, failed = [], []
+  for lo in range(0, len(indices), job.batch_size):
+    loaded, x, batch_failed = load_inputs(read, indices[lo:lo + job.batch_size], lambda i: names[i])
+    if loaded:
+      outcome = invert_batch(job, x)
+      batch_failed += [(loaded[j], reason) for j, reason in outcome.failed]
+      kept = [i for i, ok in zip(loaded, outcome.keep) if ok]
+      if kept:
+        x = x[outcome.keep]
+        record = _batch_record(job.models, x, outcome.result, [], [names[i] for i in kept], outcome.seconds)
+        del record["paths"]
+        record["index"] = np.asarray(kept, np.int64)
+        records.append(record)
+        for j, i in enumerate(kept):
+          if save_images == "all" or (save_images == "sample" and i - indices[0] < SAMPLE_PER_CHUNK):
+            _write_pngs(output / shards.IMAGES_DIR, _png_name(i, names[i]), x[j], outcome.result, j,
+                        job.save_steps)
+    failed += batch_failed
+  if records:
+    record = {key: np.concatenate([r[key] for r in records]) for key in records[0]}
+  else:  # Every input of the chunk failed: the chunk still says so.
+    record = {"index": np.zeros(0, np.int64), "names": np.zeros(0, str),
+              "codes": np.zeros((0, *manifest["code_shape"]), np.float32)}
+  for i, reason in failed:
+    logging.warning("failed %s: %s", names[i], reason)
+  return shards.save_chunk(output, manifest, chunk, record, [i for i, _ in failed], [r for _, r in failed])
+
+
+def _chunk_order(plan: dict, progress_key: str):
+  """The pending chunks this process inverts: all of them in one process; in several, each process claims the
+  next unclaimed one from a shared counter (a fast host takes more chunks, nobody waits for a fixed share)."""
+  from idinvert_jax.training import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  pending = plan["pending"]
+  if jax.process_count() == 1:
+    yield from pending
+    return
+  while (k := mesh_lib.claim_counter(progress_key)) < len(pending):
+    yield pending[k]
+
+
+def finish_shards(job: Job, output: Path, merge: bool = False, progress: bool = False,
+                  notes: Sequence[str] = ()) -> dict:
+  """Process 0's end: checks every chunk, writes failed.txt, metrics.csv, summary.json, index.html, the merged
+  codes (`merge`) and DONE when complete. Returns summary.json's content."""
+  from idinvert_jax import inversion_shards as shards  # pylint: disable=import-outside-toplevel
+  view = shards.open_codes(output, require_complete=False)
+  valid = view.valid
+  psnr = view.metrics.get("psnr", np.full(len(view), np.nan, np.float32))
+  outside = domain_check.verdicts(job.calibration, psnr[valid].tolist(), job.settings.method)
+  domain = np.full(len(view), "", object)
+  domain[np.flatnonzero(valid)] = [folder_lib.DOMAIN_LABELS[o] for o in outside]
+  folder_lib.write_failed(output, [(view.names[i], reason) for i, _, reason in view.failed])
+  _write_shard_metrics(output / folder_lib.METRICS_FILE, view, domain)
+  means = {}
+  for k in ("mse", "psnr", "ssim", "perceptual", "seconds"):
+    values = view.metrics.get(k, np.zeros(0, np.float32))[valid] if valid.any() else np.zeros(0, np.float32)
+    values = values[np.isfinite(values)]
+    means[k] = float(values.mean()) if values.size else None  # None: JSON null (no VGG16, nothing inverted)
+  merged = None
+  if view.complete and merge:
+    merged = shards.merge(output, progress=progress)
+  summary = {"num_inputs": len(view), "num_chunks": int(view.manifest["num_chunks"]),
+             "num_inverted": int(valid.sum()), "num_failed": len(view.failed), "complete": view.complete,
+             "missing_chunks": view.missing_chunks[:20], "mean_metrics": means,
+             "num_outside_domain": int(sum(bool(o) for o in outside)), "domain_note": job.domain_note,
+             "merged": None if merged is None else str(merged), "notes": list(notes)}
+  files.atomic_write_json(output / shards.SUMMARY_FILE, summary)
+  _write_shard_html(output, view, summary, job)
+  if view.complete:
+    files.atomic_write_text(output / shards.DONE_FILE, f"{len(view)} inputs, {summary['num_chunks']} chunks\n")
+  return summary
+
+
+def _write_shard_metrics(path: Path, view, domain) -> None:
+  """metrics.csv of every input in input order (streamed: a million rows never sit in one string)."""
+  import csv  # pylint: disable=import-outside-toplevel
+  columns = ("mse", "psnr", "ssim", "perceptual", "seconds", "enc_mse", "enc_psnr")
+  fill = np.full(len(view), np.nan, np.float32)
+  values = [view.metrics.get(c, fill) for c in columns]
+  failed = {i: reason for i, _, reason in view.failed}
+  tmp = path.with_name(f".{path.name}.tmp")
+  with open(tmp, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["index", "name", *columns, "domain", "failed"])
+    for i, name in enumerate(view.names):
+      writer.writerow([i, name, *(folder_lib._fmt(v[i]) for v in values),  # pylint: disable=protected-access
+                       domain[i], failed.get(i, "" if view.valid[i] else "chunk missing")])
+  os.replace(tmp, path)
+
+
+def _write_shard_html(output: Path, view, summary: dict, job: Job) -> None:
+  """index.html: the run's numbers, the failures (first 200) and the PNGs that were saved (first 64 inputs)."""
+  from idinvert_jax import inversion_shards as shards  # pylint: disable=import-outside-toplevel
+  from idinvert_jax import report  # pylint: disable=import-outside-toplevel
+  s = job.settings
+  m = {k: math.nan if v is None else v for k, v in summary["mean_metrics"].items()}
+  text = (f"{summary['num_inverted']} of {summary['num_inputs']} inputs inverted in {summary['num_chunks']} chunks "
+          f"of {view.manifest['chunk_size']}; {summary['num_failed']} failed"
+          + ("" if summary["complete"] else f"; INCOMPLETE: chunks {summary['missing_chunks']} missing") +
+          f". Mean PSNR {m['psnr']:.2f} dB, MSE {m['mse']:.4g}, SSIM {m['ssim']:.4f}. Method {s.method}, "
+          f"{s.num_iterations} iterations, lr {s.learning_rate}, precision {s.precision}. Codes: "
+          f"{shards.CHUNKS_DIR}/ (idinvert_jax.inversion_shards.open_codes), per-image numbers: "
+          f"{folder_lib.METRICS_FILE}.")
+  text = "\n\n".join([text, *summary["notes"]] + ([job.domain_note] if job.domain_note else []))
+  sections = [report.Section("Summary", text=text)]
+  if view.failed:
+    sections.append(report.Section(
+        f"Failed inputs ({len(view.failed)}, all in {folder_lib.FAILED_FILE})",
+        table=(["index", "input", "reason"], [[i, n, r] for i, n, r in view.failed[:200]])))
+  images_dir = output / shards.IMAGES_DIR
+  if images_dir.is_dir():
+    stems = sorted({p.name.rsplit("_", 1)[0] for p in images_dir.glob("*_inv.png")})[:64]
+    for stem in stems:
+      found = [(f"{shards.IMAGES_DIR}/{stem}_{kind}.png", label) for kind, label in
+               (("ori", "original"), ("enc", "encoder"), ("inv", "inverted"))
+               if (images_dir / f"{stem}_{kind}.png").exists()]
+      sections.append(report.Section(stem, images=found))
+  report.write_html(output / folder_lib.INDEX_FILE, "In-domain GAN inversion (sharded)", sections)
+
+
+def run_sharded_inversion(checkpoint: str | Path, images: Sequence[str | Path], output: str | Path,
+                          config: ml_collections.ConfigDict | None = None, overrides: dict[str, Any] | None = None,
+                          overwrite: bool = False, progress: bool = True, models=None, crop: str = "none",
+                          chunk_size: int | None = None, save_images: str = "none", merge: bool = False,
+                          exit_barrier_timeout_s: float = EXIT_BARRIER_TIMEOUT_S) -> ShardedSummary:
+  """`invert.py --layout shards`: every process (one, or each host of a pod after jax.distributed.initialize)
+  inverts pending chunks of `images` on its own local devices into the shared folder `output`.
+
+  Process 0 plans (manifest, inputs.txt, which chunks are pending) and, once every process has passed the exit
+  barrier, checks the chunks and writes the folder-wide files and DONE (see idinvert_jax.inversion_shards).
+  `chunk_size` (None: the folder's, or DEFAULT_CHUNK_SIZE for a new one) and `save_images` ('none', 'sample',
+  'all') are the layout's; the other arguments are `run_inversion`'s. Every process returns the same summary.
+  """
+  from idinvert_jax import data  # pylint: disable=import-outside-toplevel
+  from idinvert_jax import inversion_shards as shards  # pylint: disable=import-outside-toplevel
+  from idinvert_jax.training import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  output = Path(output)
+  if output.exists() and not output.is_dir():
+    raise InvertJobError(f"{output} is a file, not a folder; give a folder for --output.")
+  if save_images not in SAVE_IMAGES:
+    raise InvertJobError(f"save_images {save_images!r} is unknown; use one of {list(SAVE_IMAGES)}")
+  if chunk_size is not None and chunk_size < 1:
+    raise InvertJobError(f"--chunk_size {chunk_size}; use a positive number of images per chunk (default "
+                         f"{shards.DEFAULT_CHUNK_SIZE})")
+  job = resolve_job(checkpoint, config, overrides, models, crop, devices=jax.local_devices())
+  if job.settings.num_results > 1 and save_images == "none":
+    job.settings = dataclasses.replace(job.settings, num_results=1)  # Snapshots are only ever PNGs.
+
+  def plan():
+    try:
+      return plan_shards(job, images, output, chunk_size, overwrite)
+    except (ValueError, OSError) as e:
+      return {"error": str(e)}
+  plan_ = mesh_lib.share_from_process0("idinvert/invert/plan", plan)
+  if "error" in plan_:
+    raise InvertJobError(plan_["error"])
+
+  manifest = shards.read_manifest(output)
+  names = shards.read_names(output, manifest)
+  source, _ = data.sources.open_segments(manifest["segments"], job.resolution, _data_config(config, job.models),
+                                         names=names)
+  num_chunks = len(plan_["pending"])
+  if jax.process_index() == 0 and plan_["skipped"]:
+    logging.info("%s: %d of %d chunks already done, %d to invert", output, plan_["skipped"],
+                 manifest["num_chunks"], num_chunks)
+  bar = _progress_bar(progress, num_chunks, f"invert chunks (process {jax.process_index()})")
+  done_now = 0
+  for chunk in _chunk_order(plan_, "idinvert/invert/claimed"):
+    invert_chunk(job, source, manifest, chunk, names, output, save_images)
+    done_now += 1
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  # No process leaves before all are done: JAX's own shutdown barrier would time out on the slowest host's share.
+  mesh_lib.barrier("idinvert_invert_chunks_done", exit_barrier_timeout_s)
+
+  def finish():
+    try:
+      return finish_shards(job, output, merge=merge, progress=progress)
+    except (ValueError, OSError) as e:
+      return {"error": str(e)}
+  summary = mesh_lib.share_from_process0("idinvert/invert/summary", finish, timeout_s=exit_barrier_timeout_s)
+  if "error" in summary:
+    raise InvertJobError(summary["error"])
+  failed = [(view_name, reason) for view_name, reason in _read_failed(output)]
+  return ShardedSummary(
+      output=output, num_inputs=summary["num_inputs"], num_chunks=summary["num_chunks"], chunks_now=done_now,
+      chunks_skipped=plan_["skipped"], chunks_redone=plan_["redone"], num_inverted=summary["num_inverted"],
+      failed=failed, complete=summary["complete"], mean_metrics=summary["mean_metrics"],
+      merged=None if summary["merged"] is None else Path(summary["merged"]), notes=summary["notes"],
+      num_outside_domain=summary["num_outside_domain"], domain_note=summary["domain_note"])
+
+
+def _read_failed(output: Path) -> list[tuple[str, str]]:
+  path = output / folder_lib.FAILED_FILE
+  if not path.is_file():
+    return []
+  return [tuple(line.split("\t", 1)) for line in path.read_text(encoding="utf-8").splitlines() if "\t" in line]
